@@ -24,12 +24,14 @@ class CalibrationSet:
     source: str
     windows: torch.Tensor  # [N, T] int64
     held_out: torch.Tensor  # [H, T] int64
+    val: torch.Tensor  # [V, T] int64: early-stopping windows from a slice of the calibration text
     tokens_available: int
     held_out_tokens_available: int
 
     def summary(self) -> dict:
         return {"num_samples": int(self.windows.shape[0]), "seq_len": int(self.windows.shape[1]),
-                "held_out_samples": int(self.held_out.shape[0]), "tokens_available": self.tokens_available,
+                "held_out_samples": int(self.held_out.shape[0]), "val_samples": int(self.val.shape[0]),
+                "tokens_available": self.tokens_available,
                 "held_out_tokens_available": self.held_out_tokens_available}
 
 
@@ -87,6 +89,10 @@ def build_calibration(cfg: DictConfig, tokenizer, cache_dir: Path) -> Calibratio
         tokens, held = tokens[:cut], tokens[cut:]
     else:
         held = tokenize(tokenizer, held_text)
+    val_tokens = torch.zeros(0, dtype=torch.long)
+    if c.val_samples:  # the last tenth of the calibration text is kept for validation windows
+        cut = len(tokens) - max(len(tokens) // 10, c.seq_len)
+        tokens, val_tokens = tokens[:cut], tokens[cut:]
     g = torch.Generator().manual_seed(int(c.seed))
     windows = random_windows(tokens, c.num_samples, c.seq_len, g, f"calibration source {c.source!r}",
                              "calibration.num_samples x calibration.seq_len")
@@ -94,6 +100,9 @@ def build_calibration(cfg: DictConfig, tokenizer, cache_dir: Path) -> Calibratio
     held_windows = random_windows(held, c.held_out_samples, c.seq_len, g_held,
                                   f"the held-out part of calibration source {c.source!r}",
                                   "calibration.held_out_samples x calibration.seq_len")
+    val_windows = random_windows(val_tokens, c.val_samples, c.seq_len, torch.Generator().manual_seed(int(c.seed) + 2),
+                                 f"the validation slice of calibration source {c.source!r}",
+                                 "calibration.val_samples x calibration.seq_len")
     log.info("Calibration: %d windows of %d tokens from %s (%d tokens), %d held-out windows (%d tokens)",
              len(windows), c.seq_len, c.source, len(tokens), len(held_windows), len(held))
-    return CalibrationSet(c.source, windows, held_windows, len(tokens), len(held))
+    return CalibrationSet(c.source, windows, held_windows, val_windows, len(tokens), len(held))

@@ -64,6 +64,7 @@ class CalibrationConfig:
     seq_len: int = 512
     held_out_samples: int = 16
     held_out_fraction: float = 0.1  # of the documents (text_file: of the tokens) kept from pruning
+    val_samples: int = 0  # windows for early stopping, cut from a slice of the calibration text
     seed: int = 0
 
 
@@ -95,6 +96,34 @@ class PerplexityConfig:
 class EvalConfig:
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
     dense_baseline: bool = True
+    recon_error: bool = True  # per-block reconstruction error, calibration and held-out (needs the dense stream)
+
+
+@dataclass
+class ReconstructionConfig:
+    """One optimiser loop; the presets none / lr / br / br_gp / br_gp_cr are settings of it."""
+
+    name: str = "none"
+    granularity: str = "none"  # none | layer | block | window
+    window: int = 1  # blocks per window (granularity=window), sliding by one
+    target: str = "local"  # local: dense weights on the sparse-stream input | global: the dense stream
+    optimizer: str = "adamw"
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    epochs: int = 5
+    batch_size: int = 8
+    max_grad_norm: float = 1000.0
+    trainable: list[str] = field(default_factory=lambda: ["norms", "biases"])  # besides surviving weights
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
+    early_stop: bool = False
+    patience: int = 1  # epochs without improvement of the validation error before stopping
+
+
+@dataclass
+class MemoryConfig:
+    activations_gb: float = 8.0  # streams beyond this live in memory-mapped files in the run folder
 
 
 @dataclass
@@ -105,6 +134,7 @@ class LoggerConfig:
 @dataclass
 class EngineConfig:
     batch_size: int = 8  # calibration windows per block forward
+    checkpoint: str = "auto"  # auto: when reconstruction trains | always | never
 
 
 @dataclass
@@ -114,6 +144,8 @@ class RunConfig:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     datasets: dict[str, str] = field(default_factory=dict)  # hub dataset name -> root (hub or mirror)
@@ -121,6 +153,7 @@ class RunConfig:
     threads: Optional[int] = None
     cache_dir: Optional[str] = None
     save_results: bool = True
+    resume: Optional[str] = None  # a run folder whose checkpoint to continue
 
 
 def typed(cfg: DictConfig) -> DictConfig:
@@ -186,10 +219,44 @@ def validate(cfg: DictConfig) -> DictConfig:
         if name not in KNOWN_PPL_DATASETS:
             _require_text_file(name, f"eval.perplexity.datasets[{i}]", hint=f"known names: {', '.join(KNOWN_PPL_DATASETS)}")
 
+    _validate_reconstruction(cfg)
+    _require(c.val_samples >= 0, f"calibration.val_samples={c.val_samples} must be >= 0.")
+    _require(cfg.memory.activations_gb > 0, f"memory.activations_gb={cfg.memory.activations_gb} must be positive.")
+    _one_of("engine.checkpoint", cfg.engine.checkpoint, ("auto", "always", "never"))
+    if cfg.resume is not None:
+        _require(Path(cfg.resume).expanduser().is_dir(), f"resume={cfg.resume}: no such run folder.")
     _require(cfg.engine.batch_size > 0, f"engine.batch_size={cfg.engine.batch_size} must be positive.")
     _require(cfg.threads is None or cfg.threads > 0, f"threads={cfg.threads} must be positive (or null for torch's default).")
     _one_of("logger.name", cfg.logger.name, ("none",))
     return cfg
+
+
+def _validate_reconstruction(cfg: DictConfig) -> None:
+    from .reconstruction import SUPPORTED
+
+    r = cfg.reconstruction
+    _one_of("reconstruction.granularity", r.granularity, ("none", "layer", "block", "window"))
+    _one_of("reconstruction.target", r.target, ("local", "global"))
+    _require((r.granularity, r.target) in SUPPORTED,
+             f"reconstruction.granularity={r.granularity} with reconstruction.target={r.target} is not supported; "
+             "supported pairs: layer+local (LR), block+local (BR), block+global (BR+GP), window+global (BR+GP+CR).")
+    if r.granularity == "window":
+        _require(r.window >= 2, f"reconstruction.window={r.window}: a window spans at least 2 blocks (use granularity=block for 1).")
+    _one_of("reconstruction.optimizer", r.optimizer, ("adamw",))
+    _require(r.epochs >= 0, f"reconstruction.epochs={r.epochs} must be >= 0.")
+    _require(r.lr > 0, f"reconstruction.lr={r.lr} must be positive.")
+    _require(r.batch_size > 0, f"reconstruction.batch_size={r.batch_size} must be positive.")
+    _require(r.max_grad_norm > 0, f"reconstruction.max_grad_norm={r.max_grad_norm} must be positive.")
+    _require(r.weight_decay >= 0, f"reconstruction.weight_decay={r.weight_decay} must be >= 0.")
+    _require(len(r.betas) == 2 and all(0 <= b < 1 for b in r.betas), f"reconstruction.betas={list(r.betas)} must be two numbers in [0, 1).")
+    _one_of("reconstruction.amp", r.amp, ("auto", "off", "bf16", "fp16"))
+    bad = [t for t in r.trainable if t not in ("norms", "biases")]
+    _require(not bad, f"reconstruction.trainable: unknown entries {bad}; allowed: norms, biases (surviving weights always train).")
+    _require(r.patience > 0, f"reconstruction.patience={r.patience} must be positive.")
+    if r.early_stop:
+        _require(r.granularity in ("block", "window"), "reconstruction.early_stop needs granularity block or window.")
+        _require(cfg.calibration.val_samples > 0, "reconstruction.early_stop=true needs calibration.val_samples > 0 "
+                 "(validation windows from the calibration source; the held-out windows stay for measurement).")
 
 
 def _require_text_file(path: str, key: str, hint: str = "") -> None:

@@ -17,7 +17,9 @@ from .adapters import adapter_for
 from .cache import atomic_write_json, file_lock, fingerprint, read_json, resolve_cache_dir
 from .calibration import build_calibration, hub_root
 from .config import validate
-from .engine import SequentialPruner, check_pattern_fits, measured_sparsity
+from .checkpoint import Checkpointer
+from .engine import EngineOptions, SequentialPruner, check_pattern_fits, measured_sparsity
+from .streams import StreamAllocator
 from .models import check_model_source, load_model, resolve_device
 from .patterns import pattern_from_config
 from .perplexity import eval_windows, perplexity
@@ -57,10 +59,18 @@ def dense_perplexity_cached(cache_dir: Path, key_parts: tuple, compute) -> tuple
 def run(raw_cfg: DictConfig, output_dir: Optional[Path], progress: bool = True) -> dict:
     t_start = time.perf_counter()
     cfg = validate(raw_cfg)  # every check that needs no model, before anything heavy
-    results = ResultsFile(output_dir / "results.json" if output_dir and cfg.save_results else None,
-                          OmegaConf.to_container(cfg, resolve=True))
+    if cfg.resume:
+        output_dir = Path(cfg.resume).expanduser().resolve()
+        log.info("Resuming the run in %s (results.json is rewritten there)", output_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    checkpointer = None
+    if output_dir is not None and cfg.pruner.name != "none" and (
+            cfg.engine.checkpoint == "always" or cfg.engine.checkpoint == "auto" and cfg.reconstruction.granularity != "none"):
+        checkpointer = Checkpointer(output_dir / "checkpoint", config)
+        checkpointer.check_config()  # a resume under another config is refused before any work
+    results = ResultsFile(output_dir / "results.json" if output_dir and cfg.save_results else None, config)
     try:
-        _run(cfg, results, t_start, progress)
+        _run(cfg, results, t_start, progress, output_dir, checkpointer)
     except BaseException as exc:
         results.data["status"] = "failed"
         results.data["error"] = f"{type(exc).__name__}: {exc}"
@@ -69,7 +79,8 @@ def run(raw_cfg: DictConfig, output_dir: Optional[Path], progress: bool = True) 
     return results.data
 
 
-def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool) -> None:
+def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool, output_dir: Optional[Path],
+         checkpointer: Optional[Checkpointer]) -> None:
     data, timing = results.data, results.data["timing"]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -128,15 +139,24 @@ def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool) 
 
     t = time.perf_counter()
     if cfg.pruner.name != "none":
-        def on_block(record):
-            data["blocks"].append(record.to_json())
+        def on_block(_record):
+            data["blocks"] = [r.to_json() for r in sorted(engine.finished_records(), key=lambda r: r.index)]
             results.write()
 
+        options = EngineOptions(recon=cfg.reconstruction, measure_error=cfg.eval.recon_error, seed=cfg.seed)
+        storage = torch.device("cpu") if cfg.model.offload else device
+        streams = StreamAllocator(cfg.memory.activations_gb, (output_dir or cache_dir) / "streams", storage)
         engine = SequentialPruner(model, adapter, pattern, cfg.pruner, cfg.sparsity.skip, device, cfg.model.offload,
-                                  cfg.engine.batch_size, on_block=on_block, progress=progress)
-        engine.run(calib.windows)
-    timing["prune"] = time.perf_counter() - t
-    timing["reconstruct"] = 0.0
+                                  cfg.engine.batch_size, on_block=on_block, progress=progress, options=options,
+                                  streams=streams, checkpointer=checkpointer)
+        records = engine.run(calib.windows, calib.held_out, calib.val)
+        data["blocks"] = [r.to_json() for r in sorted(records, key=lambda r: r.index)]
+        timing["reconstruct"] = sum(u["seconds"] for r in records for u in r.optimised)
+        last = data["blocks"][-1].get("recon_error") if data["blocks"] else None
+        if last:
+            data["recon_error_output"] = {name: last[name]["after"] for name in ("calib", "held_out") if name in last}
+    timing["prune"] = time.perf_counter() - t - timing.get("reconstruct", 0.0)
+    timing.setdefault("reconstruct", 0.0)
 
     all_linears = {f"{i}.{n}": lin for i, b in enumerate(blocks) for n, lin in adapter.all_linears(b).items()}
     overall, _ = measured_sparsity(all_linears)
@@ -153,4 +173,6 @@ def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool) 
     data["memory"] = peak_memory(device)
     data["status"] = "finished"
     results.write()
+    if checkpointer is not None:
+        checkpointer.clear()  # the run is complete: results.json holds everything
     log.info("Summary\n%s", summary_table(data))

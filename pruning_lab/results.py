@@ -85,6 +85,16 @@ def summary_table(data: dict) -> str:
             ratio = f"{r['sparse'] / dense:8.3f}" if dense else f"{'-':>8}"
             dense_s = f"{dense:10.3f}" if dense else f"{'-':>10}"
             lines.append(f"{name:<24}{dense_s}{r['sparse']:10.3f}{ratio}{r['windows']:>9}")
+    blocks = [b for b in data.get("blocks") or [] if b.get("recon_error")]
+    if blocks:
+        lines.append(f"{'reconstruction error':<24}{'last block':>12}{'mean':>10}")
+        for name in ("calib", "held_out"):
+            values = [b["recon_error"][name]["after"] for b in blocks if name in b["recon_error"]]
+            if values:
+                lines.append(f"{name:<24}{values[-1]:12.4f}{sum(values) / len(values):10.4f}")
+        out = data.get("recon_error_output") or {}
+        if "calib" in out and "held_out" in out:
+            lines.append(f"held-out minus calibration at the output: {out['held_out'] - out['calib']:+.4f}")
     t = data.get("timing") or {}
     if t:
         lines.append("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))

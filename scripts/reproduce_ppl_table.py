@@ -19,7 +19,7 @@ from _common import compose
 REFERENCE = {("magnitude", "unstructured"): 23.2, ("wanda", "unstructured"): 2.34, ("sparsegpt", "unstructured"): 2.25,
              ("magnitude", "nm_2_4"): 78.9, ("wanda", "nm_2_4"): 7.78, ("sparsegpt", "nm_2_4"): 4.48}
 PROTOCOL = ["calibration.num_samples=64", "calibration.seq_len=512", "eval.perplexity.max_windows=128",
-            "eval.perplexity.seq_len=512"]
+            "eval.perplexity.seq_len=512", "eval.recon_error=false"]
 
 
 def main() -> None:
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="outputs/ppl_table")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from pruning_lab.cache import read_json
     from pruning_lab.pipeline import run
 
     start = time.time()
@@ -38,7 +39,9 @@ def main() -> None:
             ppls, secs = [], []
             for seed in args.seeds:
                 out = Path(args.runs_dir) / f"{pruner}-{pattern}-seed{seed}"
-                r = run(compose([*PROTOCOL, f"pruner={pruner}", f"sparsity={pattern}", f"seed={seed}"]), out)
+                r = read_json(out / "results.json")
+                if not r or r.get("status") != "finished":  # finished runs are reused: the script resumes
+                    r = run(compose([*PROTOCOL, f"pruner={pruner}", f"sparsity={pattern}", f"seed={seed}"]), out)
                 p = r["perplexity"]["embedded_wiki"]
                 dense = p["dense"]
                 ppls.append(p["sparse"])

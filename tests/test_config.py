@@ -9,7 +9,7 @@ from pruning_lab.cli import config_dir
 from pruning_lab.config import validate
 from pruning_lab.errors import ConfigError
 
-GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in Path(config_dir()).iterdir() if g.is_dir()}
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml") if not p.stem.startswith("_")) for g in Path(config_dir()).iterdir() if g.is_dir()}
 
 
 def composed(*overrides):
