@@ -104,3 +104,55 @@ def test_embedded_model_dense_run_and_offload(tmp_path):
     b = run(compose_config(*small, "model.offload=true"), tmp_path / "b", progress=False)
     pa, pb = a["perplexity"]["embedded_wiki"], b["perplexity"]["embedded_wiki"]
     assert pa["sparse"] == pytest.approx(pa["dense"], rel=1e-6) and pb["sparse"] == pytest.approx(pa["sparse"], rel=1e-5)
+
+
+def test_interrupted_run_resumes_in_the_same_folder(tmp_path, monkeypatch):
+    """A run killed after two blocks, rerun in the same folder, ends as an uninterrupted run."""
+    from pruning_lab.engine import SequentialPruner
+
+    args = [*TINY, "reconstruction=br_gp_cr", "reconstruction.epochs=1"]
+    reference = run(compose_config(*args), tmp_path / "reference", progress=False)
+
+    real = SequentialPruner.run_unit
+
+    def dying(self, i, last):
+        if i == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, i, last)
+
+    monkeypatch.setattr(SequentialPruner, "run_unit", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_config(*args), tmp_path / "run", progress=False)
+    partial = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert partial["status"] == "failed" and len(partial["blocks"]) == 2
+    assert (tmp_path / "run" / "checkpoint" / "state.pt").is_file()
+
+    monkeypatch.setattr(SequentialPruner, "run_unit", real)
+    resumed = run(compose_config(*args, f"resume={tmp_path / 'run'}"), None, progress=False)
+    assert resumed["status"] == "finished"
+    assert resumed["perplexity"] == reference["perplexity"]
+    assert [b["recon_error"] for b in resumed["blocks"]] == [b["recon_error"] for b in reference["blocks"]]
+    assert resumed["recon_error_output"] == reference["recon_error_output"]
+    assert not (tmp_path / "run" / "checkpoint").exists()  # cleared once the run is complete
+
+
+def test_resume_with_another_config_is_refused_before_work(tmp_path, monkeypatch):
+    from pruning_lab.engine import SequentialPruner
+
+    args = [*TINY, "reconstruction=br", "reconstruction.epochs=1"]
+    real = SequentialPruner.run_unit
+    calls = {"n": 0}
+
+    def one_unit(self, i, last):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, i, last)
+
+    monkeypatch.setattr(SequentialPruner, "run_unit", one_unit)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_config(*args), tmp_path / "run2", progress=False)  # killed after one finished unit
+    from pruning_lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"keys that differ: reconstruction.lr: 0.0002 -> 0.001"):
+        run(compose_config(*args, "reconstruction.lr=1e-3", f"resume={tmp_path / 'run2'}"), None, progress=False)

@@ -112,10 +112,8 @@ def dense_block_outputs(model, x):
     return outs
 
 
-@pytest.mark.parametrize("preset,offset", [("br_gp", 0), ("br_gp_cr", 1)])
-def test_global_target_is_the_dense_stream(monkeypatch, preset, offset):
-    model = tiny_model("llama", layers=3)
-    expected = dense_block_outputs(copy.deepcopy(model), CALIB)
+def spy_targets(monkeypatch) -> dict:
+    """Record every unit's full target as the engine hands it to the optimiser, by unit name."""
     seen = {}
     real = engine_module.optimise
 
@@ -124,6 +122,14 @@ def test_global_target_is_the_dense_stream(monkeypatch, preset, offset):
         return real(unit, masks, data, cfg, seed, device, desc, progress)
 
     monkeypatch.setattr(engine_module, "optimise", spy)
+    return seen
+
+
+@pytest.mark.parametrize("preset,offset", [("br_gp", 0), ("br_gp_cr", 1)])
+def test_global_target_is_the_dense_stream(monkeypatch, preset, offset):
+    model = tiny_model("llama", layers=3)
+    expected = dense_block_outputs(copy.deepcopy(model), CALIB)
+    seen = spy_targets(monkeypatch)
     run_engine(model, preset)
     assert len(seen) == 3 - offset
     for i, (_desc, target) in enumerate(sorted(seen.items())):
@@ -132,14 +138,7 @@ def test_global_target_is_the_dense_stream(monkeypatch, preset, offset):
 
 def test_local_target_is_the_dense_block_on_the_sparse_input(monkeypatch):
     base = tiny_model("llama", layers=3)
-    seen = {}
-    real = engine_module.optimise
-
-    def spy(unit, masks, data, cfg, seed, device, desc, progress=True):
-        seen[desc] = data.target(torch.arange(data.n))
-        return real(unit, masks, data, cfg, seed, device, desc, progress)
-
-    monkeypatch.setattr(engine_module, "optimise", spy)
+    seen = spy_targets(monkeypatch)
     model = copy.deepcopy(base)
     run_engine(model, "br")
     # the sparse-stream input of block 2 is what the final pruned model feeds it
