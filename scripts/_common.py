@@ -17,3 +17,9 @@ def compose(overrides: list[str]):
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return validate(hydra_compose(config_name="config", overrides=overrides))
+
+
+def report_header(title: str, setting: str, env: dict, command: str) -> list[str]:
+    """The opening lines of a generated docs page: what was measured, where, and how to redo it."""
+    return [f"# {title}", "", f"{setting}, {env['threads']} threads, {env['device']}, torch {env['torch']}. Regenerate with",
+            "", f"    {command}".rstrip(), ""]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from _common import compose
+from _common import compose, report_header
 
 
 def main() -> None:
@@ -77,13 +77,8 @@ def main() -> None:
 
     env = environment(device)
     lines = [
-        "# Pruning speed",
-        "",
-        f"Default model, {windows.shape[0]} calibration windows x {windows.shape[1]} tokens, batch {bs}, "
-        f"{env['threads']} threads, {env['device']}, torch {env['torch']}. Regenerate with",
-        "",
-        f"    python scripts/benchmark_prune.py --repeats {args.repeats} {' '.join(args.overrides)}".rstrip(),
-        "",
+        *report_header("Pruning speed", f"Default model, {windows.shape[0]} calibration windows x {windows.shape[1]} tokens, "
+                       f"batch {bs}", env, f"python scripts/benchmark_prune.py --repeats {args.repeats} {' '.join(args.overrides)}"),
         f"Baseline: one dense forward of the whole calibration set (full model incl. LM head, inference_mode): "
         f"median **{base_med:.1f} s** ({', '.join(f'{b:.1f}' for b in base)}).",
         "",

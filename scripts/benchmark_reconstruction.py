@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from _common import compose
+from _common import compose, report_header
 
 
 def main() -> None:
@@ -94,7 +94,7 @@ def main() -> None:
                 p.grad = None
             return elapsed
 
-        def optimiser_epoch(unit=unit, predict=predict, target=target) -> float:
+        def optimiser_epoch(unit=unit, predict=predict, target=target, label=label) -> float:
             snapshot = copy.deepcopy(unit.state_dict())
             data = UnitData(len(x), predict, lambda b, target=target: target[b])
             report = optimise(unit, masks, data, rcfg, seed=0, device=cpu, desc=label, progress=False)
@@ -109,13 +109,9 @@ def main() -> None:
 
     env = environment(cpu)
     lines = [
-        "# Reconstruction speed",
-        "",
-        f"Default model after SparseGPT 50%, {len(x)} calibration windows x {x.shape[1]} tokens, batch "
-        f"{rcfg.batch_size}, {env['threads']} threads, {env['device']}, torch {env['torch']}. Regenerate with",
-        "",
-        f"    python scripts/benchmark_reconstruction.py --repeats {args.repeats} {' '.join(args.overrides)}".rstrip(),
-        "",
+        *report_header("Reconstruction speed", f"Default model after SparseGPT 50%, {len(x)} calibration windows x "
+                       f"{x.shape[1]} tokens, batch {rcfg.batch_size}", env,
+                       f"python scripts/benchmark_reconstruction.py --repeats {args.repeats} {' '.join(args.overrides)}"),
         "Baseline: one forward + backward pass of all windows through the unit (MSE loss, no optimiser).",
         "Optimiser epoch: `reconstruction.optimise` for one epoch (AdamW, schedule, clipping, masked",
         "gradients and weights, norms and biases trained). Medians of the repeats.",
