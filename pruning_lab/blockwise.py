@@ -33,15 +33,16 @@ def _stubbed(blocks: nn.ModuleList, make_stub: Callable[[int], Callable]) -> Ite
             del block.forward
 
 
-def _move(obj: Any, device: torch.device) -> Any:
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Tensors inside nested tuples, lists and dicts moved to `device` (block kwargs)."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device)
     if isinstance(obj, tuple):
-        return tuple(_move(o, device) for o in obj)
+        return tuple(to_device(o, device) for o in obj)
     if isinstance(obj, list):
-        return [_move(o, device) for o in obj]
+        return [to_device(o, device) for o in obj]
     if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device) for k, v in obj.items()}
     return obj
 
 

@@ -183,7 +183,7 @@ class SequentialPruner:
         unit_blocks = list(range(i, i + self.window))
         with contextlib.ExitStack() as stack:
             blocks = {j: stack.enter_context(self.runner.on_device(j)) for j in unit_blocks}
-            kwargs = {j: blockwise._move(self.kwargs[j], self.device) for j in unit_blocks}
+            kwargs = {j: blockwise.to_device(self.kwargs[j], self.device) for j in unit_blocks}
             # 1. the dense stream reaches the end of the unit (blocks not pruned yet are dense)
             for j in unit_blocks:
                 for name, positions in self.D.items():

@@ -83,7 +83,7 @@ def perplexity(model, adapter: Adapter, windows: torch.Tensor, batch_size: int, 
         x = inputs.hidden
         for i in tqdm(range(len(blocks)), desc=f"{desc} (offloaded blocks)", unit="block", disable=not progress):
             with runner.on_device(i) as block:
-                blockwise.propagate(block, x, blockwise._move(inputs.kwargs[i], device), batch_size, device, out=x)
+                blockwise.propagate(block, x, blockwise.to_device(inputs.kwargs[i], device), batch_size, device, out=x)
         for sl in slices:
             total += _nll_sum(blockwise.head(model, blocks, windows[sl], x[sl], device), windows[sl])
     return math.exp(total / (windows.shape[0] * (windows.shape[1] - 1)))
