@@ -207,7 +207,7 @@ class SequentialPruner:
                 layer_inputs = self._layer_inputs(blocks[j], j, x["calib"], kwargs[j]) if self.granularity == "layer" else None
                 dense_linears = {n: (lin.weight.detach().clone(), None if lin.bias is None else lin.bias.detach().clone())
                                  for n, lin in self.adapter.prunable_linears(blocks[j], j, self.skip).items()} if layer_inputs else None
-                self._prune_block(blocks[j], j, x["calib"], kwargs[j], start)
+                self._prune_block(blocks[j], j, x["calib"], kwargs[j])
                 if self.opt.measure_error and self.granularity != "none":
                     self._measure(j, blocks[j], x, kwargs[j], "before")
                 if layer_inputs is not None:
@@ -229,7 +229,7 @@ class SequentialPruner:
                 for p in [p for p in positions if p <= i]:
                     del positions[p]
 
-    def _prune_block(self, block: nn.Module, j: int, x: torch.Tensor, kwargs: dict, start: float) -> None:
+    def _prune_block(self, block: nn.Module, j: int, x: torch.Tensor, kwargs: dict) -> None:
         linears = self.adapter.prunable_linears(block, j, self.skip)
         skipped = sorted(set(self.adapter.all_linears(block)) - set(linears))
         stats = self.collect_statistics(block, linears, x, kwargs)
@@ -260,13 +260,8 @@ class SequentialPruner:
         """Sparse streams move past block j; the after-error compares them with the dense stream."""
         errors = {}
         for name, x in self.S.items():
-            acc = ErrorSum() if name in self.D and j + 1 in self.D[name] else None
-            with torch.no_grad():
-                for sl in blockwise.batches(len(x), self.batch_size):
-                    y = blockwise.call_block(block, x[sl].to(self.device), kwargs)
-                    if acc is not None:
-                        acc.add(y, self.D[name][j + 1][sl])
-                    x[sl] = y.to(x.device)
+            dense = self.D[name].get(j + 1) if name in self.D else None
+            acc = self._block_pass(block, x, kwargs, dense, out=x)
             if acc is not None and name != "val":
                 errors[name] = acc.value()
         rec = self.records[j]
@@ -279,16 +274,27 @@ class SequentialPruner:
                 if self.granularity == "none":  # nothing changed the block since the pruner
                     entry["before"], entry["mse_before"] = rel, mse
 
+    def _block_pass(self, block: nn.Module, x: torch.Tensor, kwargs: dict, dense: Optional[torch.Tensor],
+                    out: Optional[torch.Tensor] = None) -> Optional[ErrorSum]:
+        """Run `block` on every window of `x`; accumulate the error against `dense` (if given) and
+        write the outputs into `out` (may be `x` itself) when asked."""
+        acc = ErrorSum() if dense is not None else None
+        with torch.no_grad():
+            for sl in blockwise.batches(len(x), self.batch_size):
+                y = blockwise.call_block(block, x[sl].to(self.device), kwargs)
+                if acc is not None:
+                    acc.add(y, dense[sl])
+                if out is not None:
+                    out[sl] = y.to(out.device)
+        return acc
+
     def _measure(self, j: int, block: nn.Module, x: dict[str, torch.Tensor], kwargs: dict, when: str) -> None:
         rec = self.records[j]
         rec.recon_error = rec.recon_error or {}
         for name in ("calib", "held_out"):
             if name not in x or name not in self.D:
                 continue
-            acc = ErrorSum()
-            with torch.no_grad():
-                for sl in blockwise.batches(len(x[name]), self.batch_size):
-                    acc.add(blockwise.call_block(block, x[name][sl].to(self.device), kwargs), self.D[name][j + 1][sl])
+            acc = self._block_pass(block, x[name], kwargs, self.D[name][j + 1])
             rel, mse = acc.value()
             rec.recon_error.setdefault(name, {}).update({when: rel, f"mse_{when}": mse})
 
