@@ -73,6 +73,21 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def atomic_save_torch(obj: Any, path: Path) -> None:
+    """`torch.save` into a temporary sibling, then one rename: readers never see a partial file."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def read_json(path: Path) -> Any | None:
     """The parsed file, or None when it is missing or unreadable (a corrupt item is recomputed)."""
     try:

@@ -10,15 +10,13 @@ different config is refused, naming the keys that differ.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from .cache import atomic_write_json
+from .cache import atomic_save_torch as _atomic_save, atomic_write_json
 from .errors import ConfigError
 
 # keys that may differ between the run that wrote a checkpoint and the one resuming it
@@ -39,17 +37,6 @@ def config_difference(old: dict, new: dict) -> list[str]:
     keys = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>")
                   and not k.startswith(IGNORED_KEYS))
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys]
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class Checkpointer:

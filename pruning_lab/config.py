@@ -7,6 +7,7 @@ wrong type is reported with its full dotted name; `validate` then checks what ty
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +18,10 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 
 KNOWN_PPL_DATASETS = ("embedded_wiki", "wikitext2", "c4")
-CALIBRATION_SOURCES = ("embedded", "c4", "wikitext2", "text_file")
+REAL_SOURCES = ("embedded", "c4", "wikitext2", "redpajama", "text_file", "jsonl_file")
+CALIBRATION_SOURCES = REAL_SOURCES + ("self_generated", "mixed")
+REDPAJAMA_SUBSETS = ("arxiv", "book", "c4", "cc_2019-30", "cc_2020-05", "cc_2021-04", "cc_2022-05", "cc_2023-06",
+                     "github", "stackexchange", "wikipedia")
 MODEL_SOURCES = ("embedded", "hub", "tiny")
 PRUNERS = ("magnitude", "wanda", "sparsegpt", "none")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -57,14 +61,46 @@ class ModelConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """Self-generated calibration samples: text sampled from the dense model before pruning."""
+
+    num_samples: Optional[int] = None  # calibration=self_generated: equals calibration.num_samples
+    batch_size: int = 16
+    first_token: str = "uniform"  # uniform (over the vocabulary, special tokens excluded) | bos | prompts
+    prompts_path: Optional[str] = None  # first_token=prompts: a text file, one prompt per line
+    greedy_prefix: int = 5  # greedy tokens after the first token, then sampling
+    temperature: float = 1.0
+    top_k: int = 50  # 0 disables
+    top_p: float = 1.0  # 1.0 disables
+    prefix_filter: bool = True  # redraw first tokens whose greedy prefix does not look like prose
+    max_redraws: int = 20  # per sample; a prefix still rejected after that is kept and counted
+    seed: int = 0
+
+
+@dataclass
+class RealPartConfig:
+    """The real part of calibration=mixed."""
+
+    source: str = "embedded"
+    num_samples: int = 64
+
+
+@dataclass
 class CalibrationConfig:
     source: str = "embedded"
-    path: Optional[str] = None
-    num_samples: int = 64
+    path: Optional[str] = None  # text_file / jsonl_file
+    field: str = "text"  # jsonl_file: the field holding each document's text
+    subsets: list[str] = dataclasses.field(default_factory=lambda: ["arxiv", "book", "c4", "github", "stackexchange", "wikipedia"])
+    num_samples: Optional[int] = 64  # calibration=mixed: the sum of its parts (leave null)
     seq_len: int = 512
     held_out_samples: int = 16
     held_out_fraction: float = 0.1  # of the documents (text_file: of the tokens) kept from pruning
+    held_out_source: Optional[str] = None  # real source of the held-out windows; null: the calibration's own
+    held_out_generated: int = 0  # extra generated samples never used for pruning: a second held-out set
     val_samples: int = 0  # windows for early stopping, cut from a slice of the calibration text
+    stats_from: str = "real"  # mixed: pruner statistics (masks, Hessians) from the real part | all windows
+    real: RealPartConfig = dataclasses.field(default_factory=RealPartConfig)
+    self_generated: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
     seed: int = 0
 
 
@@ -190,14 +226,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     if m.source == "embedded":
         _require(bool(m.gguf_package and m.gguf_file), "model.gguf_package and model.gguf_file are required for model.source=embedded.")
 
-    _one_of("calibration.source", c.source, CALIBRATION_SOURCES)
-    _require(c.num_samples > 0, f"calibration.num_samples={c.num_samples} must be positive.")
-    _require(c.seq_len > 1, f"calibration.seq_len={c.seq_len} must be at least 2 tokens.")
-    _require(c.held_out_samples >= 0, f"calibration.held_out_samples={c.held_out_samples} must be >= 0.")
-    _require(0 <= c.held_out_fraction < 1, f"calibration.held_out_fraction={c.held_out_fraction} must lie in [0, 1).")
-    if c.source == "text_file":
-        _require(bool(c.path), "calibration=text_file needs calibration.path=<a UTF-8 text file>.")
-        _require_text_file(c.path, "calibration.path")
+    _validate_calibration(cfg)
 
     _one_of("sparsity.pattern", s.pattern, ("unstructured", "nm"))
     if s.pattern == "unstructured":
@@ -229,6 +258,83 @@ def validate(cfg: DictConfig) -> DictConfig:
     _require(cfg.threads is None or cfg.threads > 0, f"threads={cfg.threads} must be positive (or null for torch's default).")
     _one_of("logger.name", cfg.logger.name, ("none",))
     return cfg
+
+
+def _validate_calibration(cfg: DictConfig) -> None:
+    c = cfg.calibration
+    _one_of("calibration.source", c.source, CALIBRATION_SOURCES)
+    if c.source == "mixed":
+        _one_of("calibration.real.source", c.real.source, REAL_SOURCES)
+        _require(c.real.num_samples > 0, f"calibration.real.num_samples={c.real.num_samples} must be positive.")
+        n_gen = c.self_generated.num_samples
+        _require(n_gen is not None and n_gen > 0, f"calibration.self_generated.num_samples={n_gen} must be positive.")
+        total = c.real.num_samples + n_gen
+        _require(c.num_samples is None or c.num_samples == total,
+                 f"calibration.num_samples={c.num_samples}: for calibration=mixed the total is the sum of "
+                 "calibration.real.num_samples and calibration.self_generated.num_samples; set those and leave "
+                 "calibration.num_samples=null.")
+        c.num_samples = total
+        _one_of("calibration.stats_from", c.stats_from, ("real", "all"))
+    else:
+        _require(c.num_samples is not None and c.num_samples > 0, f"calibration.num_samples={c.num_samples} must be positive.")
+    if c.source == "self_generated":
+        n_gen = c.self_generated.num_samples
+        _require(n_gen is None or n_gen == c.num_samples,
+                 f"calibration.self_generated.num_samples={n_gen} differs from calibration.num_samples={c.num_samples}: "
+                 "for calibration=self_generated set calibration.num_samples only.")
+        c.self_generated.num_samples = c.num_samples
+        _require(c.held_out_source is not None or c.held_out_samples == 0,
+                 "calibration=self_generated needs calibration.held_out_source=<a real source, e.g. embedded> for its "
+                 "held-out windows (or calibration.held_out_samples=0).")
+    if c.held_out_source is not None:
+        _one_of("calibration.held_out_source", c.held_out_source, REAL_SOURCES)
+    _require(c.seq_len > 1, f"calibration.seq_len={c.seq_len} must be at least 2 tokens.")
+    _require(c.held_out_samples >= 0, f"calibration.held_out_samples={c.held_out_samples} must be >= 0.")
+    _require(c.held_out_generated >= 0, f"calibration.held_out_generated={c.held_out_generated} must be >= 0.")
+    _require(0 <= c.held_out_fraction < 1, f"calibration.held_out_fraction={c.held_out_fraction} must lie in [0, 1).")
+    used = {real_source(c), c.held_out_source} - {None}
+    if "text_file" in used or "jsonl_file" in used:
+        kind = "text_file" if "text_file" in used else "jsonl_file"
+        _require(bool(c.path), f"the {kind} source needs calibration.path=<a file>.")
+        _require_text_file(c.path, "calibration.path")
+        if kind == "jsonl_file":
+            from .corpora import check_jsonl_field
+
+            check_jsonl_field(c.path, c.field, "calibration.path", "calibration.field")
+    if "redpajama" in used:
+        bad = [s for s in c.subsets if s not in REDPAJAMA_SUBSETS]
+        _require(bool(c.subsets) and not bad, f"calibration.subsets={list(c.subsets)}: unknown {bad}; "
+                 f"the RedPajama sample has {', '.join(REDPAJAMA_SUBSETS)}.")
+    if uses_generation(c):
+        _validate_generation(c)
+
+
+def real_source(c: DictConfig) -> Optional[str]:
+    """The real source the calibration windows come from (None for self-generated only)."""
+    return c.real.source if c.source == "mixed" else (None if c.source == "self_generated" else c.source)
+
+
+def uses_generation(c: DictConfig) -> bool:
+    return c.source in ("self_generated", "mixed") or c.held_out_generated > 0
+
+
+def _validate_generation(c: DictConfig) -> None:
+    g = c.self_generated
+    k = "calibration.self_generated"
+    _require(g.batch_size > 0, f"{k}.batch_size={g.batch_size} must be positive.")
+    _one_of(f"{k}.first_token", g.first_token, ("uniform", "bos", "prompts"))
+    _require(g.greedy_prefix >= 0, f"{k}.greedy_prefix={g.greedy_prefix} must be >= 0.")
+    _require(g.greedy_prefix + 1 < c.seq_len, f"{k}.greedy_prefix={g.greedy_prefix} leaves no sampled tokens in "
+             f"calibration.seq_len={c.seq_len}.")
+    _require(g.temperature > 0, f"{k}.temperature={g.temperature} must be positive.")
+    _require(g.top_k >= 0, f"{k}.top_k={g.top_k} must be >= 0 (0 disables it).")
+    _require(0 < g.top_p <= 1, f"{k}.top_p={g.top_p} must lie in (0, 1] (1 disables it).")
+    _require(g.max_redraws >= 0, f"{k}.max_redraws={g.max_redraws} must be >= 0.")
+    if g.first_token == "prompts":
+        _require(bool(g.prompts_path), f"{k}.first_token=prompts needs {k}.prompts_path=<a text file, one prompt per line>.")
+        _require_text_file(g.prompts_path, f"{k}.prompts_path")
+        lines = [x for x in Path(g.prompts_path).expanduser().read_text(encoding="utf-8").splitlines() if x.strip()]
+        _require(bool(lines), f"{k}.prompts_path={g.prompts_path}: no non-empty line (one prompt per line).")
 
 
 def _validate_reconstruction(cfg: DictConfig) -> None:
@@ -263,4 +369,5 @@ def _require_text_file(path: str, key: str, hint: str = "") -> None:
     p = Path(path).expanduser()
     extra = f" ({hint})" if hint else ""
     _require(p.is_file(), f"{key}={path}: no such file{extra}. Give the path of a UTF-8 text file.")
-    _require(p.stat().st_size > 0, f"{key}={path}: the file is empty.")
+    with open(p, "rb") as handle:  # the first MiB is enough to tell an empty (or blank) file
+        _require(handle.read(1 << 20).strip() != b"", f"{key}={path}: the file is empty.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import importlib.util
+import json
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import atomic_write_text, file_lock
+from .config import REDPAJAMA_SUBSETS
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ HUB_FILES = {
         "validation": "wikitext-2-raw-v1/validation-00000-of-00001.parquet",
         "test": "wikitext-2-raw-v1/test-00000-of-00001.parquet",
     },
+    # togethercomputer/RedPajama-Data-1T-Sample: one JSON-lines file per subset at the root
+    "redpajama": {subset: f"{subset}_sample.jsonl" for subset in REDPAJAMA_SUBSETS},
 }
 
 
@@ -133,6 +137,56 @@ def read_text_file(path: str | os.PathLike, key: str) -> str:
     if not text.strip():
         raise ConfigError(f"{key}={path}: the file is empty.")
     return text
+
+
+def _field(record, field: str):
+    """`field` may be dotted (`meta.text`) to reach into nested objects."""
+    value = record
+    for part in field.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _jsonl_records(path: Path, key: str):
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{key}={path}: line {number} is not JSON ({exc.msg}); expected one JSON object per line.") from exc
+
+
+def check_jsonl_field(path: str, field: str, path_key: str, field_key: str) -> None:
+    """The first record must hold `field` as text: a typo fails before any model is loaded."""
+    p = Path(os.path.expanduser(str(path)))
+    for _, record in _jsonl_records(p, path_key):
+        value = _field(record, field)
+        if not isinstance(value, str):
+            keys = sorted(record) if isinstance(record, dict) else []
+            what = "is missing" if value is None else f"is a {type(value).__name__}, not text"
+            raise ConfigError(f"{field_key}={field!r} {what} in the first record of {path}; its fields: "
+                              f"{', '.join(keys) or '(not an object)'}. Set {field_key}=<the text field>.")
+        return
+    raise ConfigError(f"{path_key}={path}: no JSON record in the file.")
+
+
+def read_jsonl_documents(path: str, field: str, path_key: str, field_key: str) -> list[str]:
+    """Documents of a JSON-lines file: the text `field` of every record (empty texts skipped)."""
+    p = Path(os.path.expanduser(str(path)))
+    docs = []
+    for number, record in _jsonl_records(p, path_key):
+        value = _field(record, field)
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: line {number} has no text field {field!r} ({field_key}).")
+        if value.strip():
+            docs.append(value.strip())
+    if not docs:
+        raise ConfigError(f"{path_key}={path}: every {field!r} field is empty.")
+    return docs
 
 
 # ---------------------------------------------------------------- hub datasets

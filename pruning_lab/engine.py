@@ -38,7 +38,7 @@ from .streams import StreamAllocator
 
 log = logging.getLogger(__name__)
 
-SETS = ("calib", "held_out", "val")
+MEASURED = ("calib", "held_out", "held_out_generated")  # window sets whose reconstruction error is recorded
 
 
 @dataclass
@@ -121,8 +121,12 @@ class SequentialPruner:
     # ------------------------------------------------------------------ driver
 
     def run(self, calib_ids: torch.Tensor, held_ids: Optional[torch.Tensor] = None,
-            val_ids: Optional[torch.Tensor] = None) -> list[BlockRecord]:
+            val_ids: Optional[torch.Tensor] = None, held_generated_ids: Optional[torch.Tensor] = None,
+            stats_count: Optional[int] = None) -> list[BlockRecord]:
+        """`stats_count`: the pruner's statistics come from the first windows only (mixed calibration
+        sets: the real part); reconstruction always uses every calibration window."""
         L = len(self.blocks)
+        self.stats_count = len(calib_ids) if stats_count is None else int(stats_count)
         if self.window > L:
             from .errors import ConfigError
 
@@ -130,6 +134,8 @@ class SequentialPruner:
         ids = {"calib": calib_ids}
         if self.opt.measure_error and held_ids is not None and len(held_ids):
             ids["held_out"] = held_ids
+        if self.opt.measure_error and held_generated_ids is not None and len(held_generated_ids):
+            ids["held_out_generated"] = held_generated_ids
         if self.recon is not None and self.recon.early_stop and val_ids is not None and len(val_ids) and self.granularity in ("block", "window"):
             ids["val"] = val_ids
         self._plan_memory(ids)
@@ -207,7 +213,7 @@ class SequentialPruner:
                 layer_inputs = self._layer_inputs(blocks[j], j, x["calib"], kwargs[j]) if self.granularity == "layer" else None
                 dense_linears = {n: (lin.weight.detach().clone(), None if lin.bias is None else lin.bias.detach().clone())
                                  for n, lin in self.adapter.prunable_linears(blocks[j], j, self.skip).items()} if layer_inputs else None
-                self._prune_block(blocks[j], j, x["calib"], kwargs[j])
+                self._prune_block(blocks[j], j, x["calib"][: self.stats_count], kwargs[j])
                 if self.opt.measure_error and self.granularity != "none":
                     self._measure(j, blocks[j], x, kwargs[j], "before")
                 if layer_inputs is not None:
@@ -291,7 +297,7 @@ class SequentialPruner:
     def _measure(self, j: int, block: nn.Module, x: dict[str, torch.Tensor], kwargs: dict, when: str) -> None:
         rec = self.records[j]
         rec.recon_error = rec.recon_error or {}
-        for name in ("calib", "held_out"):
+        for name in MEASURED:
             if name not in x or name not in self.D:
                 continue
             acc = self._block_pass(block, x[name], kwargs, self.D[name][j + 1])

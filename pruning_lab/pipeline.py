@@ -15,10 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from . import blockwise, corpora
 from .adapters import adapter_for
 from .cache import atomic_write_json, file_lock, fingerprint, read_json, resolve_cache_dir
-from .calibration import build_calibration, hub_root
-from .config import validate
+from .calibration import HUB_ROOTS, build_calibration, hub_root
+from .config import real_source, validate
 from .checkpoint import Checkpointer
-from .engine import EngineOptions, SequentialPruner, check_pattern_fits, measured_sparsity
+from .engine import MEASURED, EngineOptions, SequentialPruner, check_pattern_fits, measured_sparsity
 from .streams import StreamAllocator
 from .models import check_model_source, load_model, resolve_device
 from .patterns import pattern_from_config
@@ -36,8 +36,9 @@ def seed_everything(seed: int) -> None:
 
 def check_data_sources(cfg: DictConfig) -> None:
     """Hub datasets named anywhere in the config must be reachable before anything heavy starts."""
-    needed = {cfg.calibration.source} & {"c4", "wikitext2"}
-    needed |= set(cfg.eval.perplexity.datasets) & {"c4", "wikitext2"}
+    hub = set(HUB_ROOTS)
+    needed = {real_source(cfg.calibration), cfg.calibration.held_out_source} & hub
+    needed |= set(cfg.eval.perplexity.datasets) & hub
     for name in sorted(needed):
         corpora.check_hub_root(hub_root(cfg, name), f"datasets.{name}")
 
@@ -121,8 +122,9 @@ def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool, 
     t = time.perf_counter()
     calib = None
     if cfg.pruner.name != "none":
-        calib = build_calibration(cfg, tokenizer, cache_dir)
-        data["calibration"] = {"source": cfg.calibration.source, **calib.summary(), "cache": None}
+        offload_blocks = blocks if cfg.model.offload and device.type != "cpu" else None
+        calib = build_calibration(cfg, tokenizer, cache_dir, model, device, loaded.fingerprint, offload_blocks, progress)
+        data["calibration"] = {"source": cfg.calibration.source, **calib.summary(tokenizer)}
     timing["calibration"] = time.perf_counter() - t
 
     ppl_args = dict(batch_size=cfg.eval.perplexity.batch_size, device=device, offload=cfg.model.offload, progress=progress)
@@ -149,14 +151,14 @@ def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool, 
         engine = SequentialPruner(model, adapter, pattern, cfg.pruner, cfg.sparsity.skip, device, cfg.model.offload,
                                   cfg.engine.batch_size, on_block=on_block, progress=progress, options=options,
                                   streams=streams, checkpointer=checkpointer)
-        records = engine.run(calib.windows, calib.held_out, calib.val)
+        records = engine.run(calib.windows, calib.held_out, calib.val, calib.held_out_generated, calib.stats_count)
         data["blocks"] = [r.to_json() for r in sorted(records, key=lambda r: r.index)]
         # a CR window's report sits on both of its blocks: count each unit (or LR layer) once
         units = {(u["unit"], u.get("layer")): u["seconds"] for r in records for u in r.optimised}
         timing["reconstruct"] = sum(units.values())
         last = data["blocks"][-1].get("recon_error") if data["blocks"] else None
         if last:
-            data["recon_error_output"] = {name: last[name]["after"] for name in ("calib", "held_out") if name in last}
+            data["recon_error_output"] = {name: last[name]["after"] for name in MEASURED if name in last}
     timing["prune"] = time.perf_counter() - t - timing.get("reconstruct", 0.0)
     timing.setdefault("reconstruct", 0.0)
 

@@ -88,13 +88,18 @@ def summary_table(data: dict) -> str:
     blocks = [b for b in data.get("blocks") or [] if b.get("recon_error")]
     if blocks:
         lines.append(f"{'reconstruction error':<24}{'last block':>12}{'mean':>10}")
-        for name in ("calib", "held_out"):
+        for name in ("calib", "held_out", "held_out_generated"):
             values = [b["recon_error"][name]["after"] for b in blocks if name in b["recon_error"]]
             if values:
                 lines.append(f"{name:<24}{values[-1]:12.4f}{sum(values) / len(values):10.4f}")
         out = data.get("recon_error_output") or {}
         if "calib" in out and "held_out" in out:
             lines.append(f"held-out minus calibration at the output: {out['held_out'] - out['calib']:+.4f}")
+    cal = data.get("calibration") or {}
+    if cal.get("generation"):
+        gen = cal["generation"]
+        lines.append(f"calibration {cal.get('source')}: parts {cal.get('parts')}, {gen['samples_generated']} samples "
+                     f"generated in {gen['seconds']:.1f} s (cache {gen['cache']})")
     t = data.get("timing") or {}
     if t:
         lines.append("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))

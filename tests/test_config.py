@@ -33,6 +33,10 @@ def test_every_group_option_composes(group, option, tmp_path):
         f = tmp_path / "t.txt"
         f.write_text("some text " * 100)
         overrides.append(f"calibration.path={f}")
+    if group == "calibration" and option == "jsonl_file":
+        f = tmp_path / "t.jsonl"
+        f.write_text('{"text": "some text"}\n')
+        overrides.append(f"calibration.path={f}")
     validate(composed(*overrides))
 
 
