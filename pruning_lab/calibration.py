@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import corpora
 from .config import real_source
@@ -23,6 +23,7 @@ HUB_ROOTS = {"c4": "hf://datasets/allenai/c4", "wikitext2": "hf://datasets/Sales
              "redpajama": "hf://datasets/togethercomputer/RedPajama-Data-1T-Sample"}
 C4_DOCS = 20000  # C4 documents read for calibration: ~9M tokens, far more than any window set needs
 REDPAJAMA_DOCS = 4000  # per subset of the RedPajama sample
+HELD_OUT_GENERATED_SEED = 1_000_003  # added to the generation seed for the held-out generated samples
 
 
 @dataclass
@@ -187,22 +188,33 @@ def build_calibration(cfg: DictConfig, tokenizer, cache_dir: Path, model=None, d
     generation, held_generated = None, empty
     n_gen = c.self_generated.num_samples if c.source in ("self_generated", "mixed") else 0
     n_val_gen = c.val_samples if real is None else 0  # self-generated only: validation windows are generated too
-    total = n_gen + n_val_gen + c.held_out_generated
-    if total:
+    if n_gen or c.held_out_generated:
         if model is None:
             raise ValueError("self-generated calibration data needs the dense model")
-        out = cached_generate(model, tokenizer, c.self_generated, total, c.seq_len, device, cache_dir, model_fingerprint,
-                              offload_blocks, progress)
-        gen = out.tokens
-        windows = torch.cat([windows, gen[:n_gen]])
-        if n_val_gen:
-            val_windows = gen[n_gen : n_gen + n_val_gen]
-        held_generated = gen[n_gen + n_val_gen :]
+        calls = []
+
+        def sample(g, count):
+            out = cached_generate(model, tokenizer, g, count, c.seq_len, device, cache_dir, model_fingerprint,
+                                  offload_blocks, progress)
+            calls.append(out)
+            return out.tokens
+
         if n_gen:
+            gen = sample(c.self_generated, n_gen + n_val_gen)
+            windows = torch.cat([windows, gen[:n_gen]])
+            if n_val_gen:
+                val_windows = gen[n_gen:]
             parts["self_generated"] = n_gen
-        generation = {"settings": settings(c.self_generated), "samples_generated": total, "seconds": out.seconds,
-                      "prefix_redraws": out.redraws, "prefixes_unfiltered": out.unfiltered, "cache": out.cache,
-                      "cache_file": out.path}
+        if c.held_out_generated:
+            # a random stream of its own: every run of a sweep (real, mixed, self-generated) shares these samples,
+            # and none of them can be a calibration sample
+            g_held = OmegaConf.merge(c.self_generated, {"seed": int(c.self_generated.seed) + HELD_OUT_GENERATED_SEED})
+            held_generated = sample(g_held, c.held_out_generated)
+        generation = {"settings": settings(c.self_generated), "samples_generated": sum(len(o.tokens) for o in calls),
+                      "seconds": sum(o.seconds for o in calls), "prefix_redraws": sum(o.redraws for o in calls),
+                      "prefixes_unfiltered": sum(o.unfiltered for o in calls),
+                      "cache": "hit" if all(o.cache == "hit" for o in calls) else "miss",
+                      "cache_files": [o.path for o in calls]}
     stats_count = parts.get("real", 0) if c.source == "mixed" and c.stats_from == "real" else len(windows)
     log.info("Calibration: %s, %d windows of %d tokens; %d held-out windows from %s%s",
              " + ".join(f"{n} {name.replace('_', '-')}" for name, n in parts.items()), len(windows), c.seq_len,

@@ -189,6 +189,11 @@ def test_held_out_generated_samples_are_never_calibration(tiny, shared_cache):
     cfg = compose_config(*TINY, "calibration=self_generated", "calibration.num_samples=3", "calibration.held_out_generated=2")
     c = build_calibration(cfg, tiny.tokenizer, shared_cache, tiny.model, CPU, tiny.fingerprint, progress=False)
     assert c.held_out_generated.shape == (2, 32)
+    # its own random stream: the same held-out generated samples whatever the calibration source
+    real = build_calibration(compose_config(*TINY, "calibration=embedded", "calibration.num_samples=2",
+                                            "calibration.held_out_generated=2"),
+                             tiny.tokenizer, shared_cache, tiny.model, CPU, tiny.fingerprint, progress=False)
+    assert torch.equal(real.held_out_generated, c.held_out_generated)
     rows = {tuple(r.tolist()) for r in c.windows}
     assert not rows & {tuple(r.tolist()) for r in c.held_out_generated}
 
@@ -220,10 +225,12 @@ def test_cache_hit_run_is_bit_identical_to_the_miss(tmp_path, monkeypatch):
     second = run(compose_config(*args), tmp_path / "b", progress=False)
     assert (first["calibration"]["cache"], second["calibration"]["cache"]) == ("miss", "hit")
     assert first["blocks"][-1]["recon_error"]["held_out_generated"]["after"] > 0
-    for key in ("blocks", "perplexity", "recon_error_output"):
-        strip = lambda bl: json.dumps(bl, sort_keys=True) if key != "blocks" else json.dumps(  # noqa: E731
-            [{k: v for k, v in b.items() if k not in ("seconds", "optimised")} for b in bl], sort_keys=True)
-        assert strip(first[key]) == strip(second[key])
+    def same(x, y):
+        return json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)
+
+    assert same(first["perplexity"], second["perplexity"]) and same(first["recon_error_output"], second["recon_error_output"])
+    untimed = lambda r: [{k: v for k, v in b.items() if k not in ("seconds", "optimised")} for b in r["blocks"]]  # noqa: E731
+    assert same(untimed(first), untimed(second))
     losses = lambda r: [[o["loss_last"] for o in b["optimised"]] for b in r["blocks"]]  # noqa: E731
     assert losses(first) == losses(second)
 
