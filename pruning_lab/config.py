@@ -129,8 +129,31 @@ class PerplexityConfig:
 
 
 @dataclass
+class OfflineTasksConfig:
+    """The offline zero-shot tasks built from local text (offline_tasks.py)."""
+
+    source: str = "embedded_wiki"  # or a UTF-8 text file (documents separated by blank lines)
+    max_items: int = 100  # per task, at most
+    max_context_tokens: int = 64
+    choices: int = 4  # next-sentence task: the true sentence and choices - 1 distractors
+    seed: int = 1234  # fixed, not ${seed}: every run of a sweep answers the same items
+
+
+@dataclass
+class ZeroShotConfig:
+    tasks: list[str] = field(default_factory=list)  # lm-eval task names and/or pl_next_sentence, pl_last_word
+    num_fewshot: int = 0
+    batch_size: int = 16
+    limit: Optional[int] = None  # items per task (null: all)
+    metric: str = "acc"  # what the mean averages: acc | acc_norm (tasks without acc_norm contribute acc)
+    bootstrap_iters: int = 1000  # > 0, or lm-eval reports no stderr at all
+    offline: OfflineTasksConfig = field(default_factory=OfflineTasksConfig)
+
+
+@dataclass
 class EvalConfig:
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     dense_baseline: bool = True
     recon_error: bool = True  # per-block reconstruction error, calibration and held-out (needs the dense stream)
 
@@ -189,6 +212,7 @@ class RunConfig:
     threads: Optional[int] = None
     cache_dir: Optional[str] = None
     save_results: bool = True
+    save_model: bool = False  # write the pruned model in HF format to RUN_DIR/model
     resume: Optional[str] = None  # a run folder whose checkpoint to continue
 
 
@@ -248,6 +272,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         if name not in KNOWN_PPL_DATASETS:
             _require_text_file(name, f"eval.perplexity.datasets[{i}]", hint=f"known names: {', '.join(KNOWN_PPL_DATASETS)}")
 
+    _validate_zeroshot(e.zeroshot)
     _validate_reconstruction(cfg)
     _require(c.val_samples >= 0, f"calibration.val_samples={c.val_samples} must be >= 0.")
     _require(cfg.memory.activations_gb > 0, f"memory.activations_gb={cfg.memory.activations_gb} must be positive.")
@@ -335,6 +360,23 @@ def _validate_generation(c: DictConfig) -> None:
         _require_text_file(g.prompts_path, f"{k}.prompts_path")
         lines = [x for x in Path(g.prompts_path).expanduser().read_text(encoding="utf-8").splitlines() if x.strip()]
         _require(bool(lines), f"{k}.prompts_path={g.prompts_path}: no non-empty line (one prompt per line).")
+
+
+def _validate_zeroshot(z: DictConfig) -> None:
+    k = "eval.zeroshot"
+    _require(z.num_fewshot >= 0, f"{k}.num_fewshot={z.num_fewshot} must be >= 0.")
+    _require(z.batch_size > 0, f"{k}.batch_size={z.batch_size} must be positive.")
+    _require(z.limit is None or z.limit > 0, f"{k}.limit={z.limit} must be positive (or null for every item).")
+    _one_of(f"{k}.metric", z.metric, ("acc", "acc_norm"))
+    _require(z.bootstrap_iters > 0, f"{k}.bootstrap_iters={z.bootstrap_iters} must be positive: lm-eval reports no "
+             "standard error at 0.")
+    _require(len(set(z.tasks)) == len(z.tasks), f"{k}.tasks={list(z.tasks)} names a task twice.")
+    o = z.offline
+    _require(o.max_items > 0, f"{k}.offline.max_items={o.max_items} must be positive.")
+    _require(o.max_context_tokens >= 16, f"{k}.offline.max_context_tokens={o.max_context_tokens} must be at least 16.")
+    _require(o.choices >= 2, f"{k}.offline.choices={o.choices} must be at least 2.")
+    if o.source != "embedded_wiki":
+        _require_text_file(o.source, f"{k}.offline.source", hint="or embedded_wiki")
 
 
 def _validate_reconstruction(cfg: DictConfig) -> None:

@@ -102,6 +102,11 @@ def _hub_source(cfg: DictConfig) -> tuple[str, bool]:
     if Path(ref).exists():
         if not (Path(ref) / "config.json").is_file():
             raise ConfigError(f"model.name_or_path={ref}: the folder has no config.json (not a Hugging Face model folder).")
+        weights = [p for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+                   for p in Path(ref).glob(pattern)]
+        if not weights:
+            raise ConfigError(f"model.name_or_path={ref}: the folder has a config.json but no weights (*.safetensors or "
+                              "*.bin); was the save interrupted? Save the model again (save_model=true).")
         return ref, True
     ok, reason = hub_reachable()
     if ok:

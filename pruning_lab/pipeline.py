@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import blockwise, corpora
+from . import blockwise, corpora, zeroshot
 from .adapters import adapter_for
 from .cache import atomic_write_json, file_lock, fingerprint, read_json, resolve_cache_dir
-from .calibration import HUB_ROOTS, build_calibration, hub_root
+from .calibration import HUB_ROOTS, build_calibration, hub_root, source_texts
 from .config import real_source, validate
 from .checkpoint import Checkpointer
 from .engine import MEASURED, EngineOptions, SequentialPruner, check_pattern_fits, measured_sparsity
@@ -23,7 +23,8 @@ from .streams import StreamAllocator
 from .models import check_model_source, load_model, resolve_device
 from .patterns import pattern_from_config
 from .perplexity import eval_windows, perplexity
-from .results import ResultsFile, environment, peak_memory, summary_table
+from .results import ResultsFile, package_version, environment, peak_memory, summary_table
+from .saving import recorded_sparsity, save_model
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool, 
     device = resolve_device(cfg.model.device)
     check_model_source(cfg.model, cache_dir)
     check_data_sources(cfg)
+    if cfg.eval.zeroshot.tasks:
+        zeroshot.check_tasks(cfg.eval.zeroshot)  # typos and unreachable hub tasks fail before any loading
     pattern = pattern_from_config(cfg.sparsity)
     data["environment"] = environment(device)
 
@@ -111,9 +114,18 @@ def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool, 
     else:
         model.to(device)
     timing["load"] = time.perf_counter() - t
+    recorded = recorded_sparsity(Path(loaded.name_or_path)) if cfg.model.source == "hub" else None
+    if recorded is not None:  # a model saved by save_model=true: its zeros must have survived the round trip
+        measured, _ = measured_sparsity({f"{i}.{n}": lin for i, b in enumerate(blocks) for n, lin in adapter.all_linears(b).items()})
+        if abs(measured - recorded) > 1e-9:
+            from .errors import ConfigError
+
+            raise ConfigError(f"model.name_or_path={loaded.name_or_path}: measured sparsity {measured:.6f} differs from the "
+                              f"{recorded:.6f} recorded when it was saved; the folder was modified or is damaged.")
+        log.info("Saved pruned model: measured sparsity %.4f equals the recorded one", measured)
     data["model"] = {"name_or_path": loaded.name_or_path, "family": adapter.family, "num_blocks": len(blocks),
                      "fingerprint": loaded.fingerprint, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-                     "parameters": sum(p.numel() for p in model.parameters())}
+                     "parameters": sum(p.numel() for p in model.parameters()), "recorded_sparsity": recorded}
     log.info("Loaded %s (%s, %d blocks) in %.1f s", loaded.name_or_path, adapter.family, len(blocks), timing["load"])
 
     # evaluation texts first: a missing or short text fails before any pruning work
@@ -121,14 +133,27 @@ def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool, 
 
     t = time.perf_counter()
     calib = None
+    offload_blocks = blocks if cfg.model.offload and device.type != "cpu" else None  # forwards visit blocks one by one
     if cfg.pruner.name != "none":
-        offload_blocks = blocks if cfg.model.offload and device.type != "cpu" else None
         calib = build_calibration(cfg, tokenizer, cache_dir, model, device, loaded.fingerprint, offload_blocks, progress)
         data["calibration"] = {"source": cfg.calibration.source, **calib.summary(tokenizer)}
     timing["calibration"] = time.perf_counter() - t
 
     ppl_args = dict(batch_size=cfg.eval.perplexity.batch_size, device=device, offload=cfg.model.offload, progress=progress)
     t = time.perf_counter()
+    z = cfg.eval.zeroshot
+    tasks, dense_zs = None, None
+    if z.tasks:
+        real = real_source(cfg.calibration) if cfg.pruner.name != "none" else None
+        exclude = source_texts(cfg, real, cache_dir)[0] if real else ""  # no calibration document may enter a task
+        tasks = zeroshot.prepare_offline(z, tokenizer, cache_dir, exclude)
+        if cfg.eval.dense_baseline:
+            key = ("dense_zeroshot", loaded.fingerprint, list(z.tasks), tasks.identity if tasks else None, z.num_fewshot,
+                   z.limit, z.bootstrap_iters, str(next(model.parameters()).dtype), device.type, package_version("lm_eval"))
+            dense_zs, hit = zeroshot.dense_cached(
+                cache_dir, key, lambda: zeroshot.evaluate(model, tokenizer, z, tasks, device, offload_blocks))
+            log.info("Dense zero-shot scores (%s): %s", "cached" if hit else "computed",
+                     ", ".join(f"{n} {zeroshot.headline(v, z.metric):.3f}" for n, v in dense_zs.items()))
     dense = {}
     if cfg.eval.dense_baseline:
         for ev in evals:
@@ -172,7 +197,14 @@ def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool, 
         sparse = perplexity(model, adapter, ev.windows, desc=f"perplexity {ev.name}", **ppl_args)
         data["perplexity"][ev.name] = {"sparse": sparse, "dense": dense.get(ev.name), "windows": int(ev.windows.shape[0]),
                                        "seq_len": int(ev.windows.shape[1])}
+    if z.tasks:
+        t_zs = time.perf_counter()
+        sparse_zs = zeroshot.evaluate(model, tokenizer, z, tasks, device, offload_blocks)
+        data["zeroshot"] = zeroshot.summarise(sparse_zs, dense_zs, z.metric)
+        timing["zeroshot"] = time.perf_counter() - t_zs
     timing["eval"] += time.perf_counter() - t
+    if cfg.save_model and output_dir is not None:
+        data["saved_model"] = save_model(model, tokenizer, output_dir / "model", data["sparsity"])
     timing["total"] = time.perf_counter() - t_start
     data["memory"] = peak_memory(device)
     data["status"] = "finished"

@@ -16,7 +16,7 @@ from .cache import atomic_write_json
 SCHEMA_VERSION = 1
 
 
-def _version(module: str) -> Optional[str]:
+def package_version(module: str) -> Optional[str]:
     try:
         from importlib.metadata import version
 
@@ -38,8 +38,8 @@ def environment(device: torch.device) -> dict:
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "lm_eval": _version("lm_eval"),
+        "transformers": package_version("transformers"),
+        "lm_eval": package_version("lm_eval"),
         "git_sha": git_sha(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
         "threads": torch.get_num_threads(),
@@ -69,6 +69,10 @@ class ResultsFile:
             atomic_write_json(self.path, self.data)
 
 
+def _num(v, width: int) -> str:
+    return f"{v:{width}.4f}" if v is not None else f"{'-':>{width}}"
+
+
 def summary_table(data: dict) -> str:
     """A short plain-text table: what a researcher wants to see when the run ends."""
     lines = []
@@ -95,6 +99,17 @@ def summary_table(data: dict) -> str:
         out = data.get("recon_error_output") or {}
         if "calib" in out and "held_out" in out:
             lines.append(f"held-out minus calibration at the output: {out['held_out'] - out['calib']:+.4f}")
+    zs = data.get("zeroshot") or {}
+    if zs.get("tasks"):
+        metric = zs.get("metric", "acc")
+        lines.append(f"{'zero-shot (' + metric + ')':<24}{'dense':>10}{'pruned':>10}{'stderr':>8}{'items':>9}")
+        for name, r in zs["tasks"].items():
+            sparse = r["sparse"]
+            key = metric if sparse.get(metric) is not None else "acc"  # last-word tasks have acc only
+            dense = (r.get("dense") or {}).get(key)
+            lines.append(f"{name:<24}{_num(dense, 10)}{_num(sparse[key], 10)}{_num(sparse.get(key + '_stderr'), 8)}{r['n']:>9}")
+        m = zs.get("mean") or {}
+        lines.append(f"{'mean':<24}{_num(m.get('dense'), 10)}{_num(m.get('sparse'), 10)}")
     cal = data.get("calibration") or {}
     if cal.get("generation"):
         gen = cal["generation"]

@@ -82,8 +82,10 @@ def row(label: str, r: dict) -> str:
     c, h, g = err("calib"), err("held_out"), err("held_out_generated")
     parts = " + ".join(f"{n} {k.replace('_', '-')}" for k, n in r["calibration"]["parts"].items())
     t = r["timing"]
+    zs = (r.get("zeroshot") or {}).get("mean") or {}
+    zs_mean = f"{zs['sparse']:.3f}" if zs.get("sparse") is not None else "-"
     return (f"| {label} | {parts} | {c[0]:.4f} | {c[1]:.4f} | {h[0]:.4f} | {h[1]:.4f} | {h[0] - c[0]:+.4f} | {g[0]:.4f} | "
-            f"{r['perplexity']['embedded_wiki']['sparse']:.3f} | {t['prune'] + t['reconstruct']:.0f} |")
+            f"{r['perplexity']['embedded_wiki']['sparse']:.3f} | {zs_mean} | {t['prune'] + t['reconstruct']:.0f} |")
 
 
 def main() -> None:
@@ -130,10 +132,13 @@ def main() -> None:
         "same windows in every run. *Held-out (generated)*: 16 generated samples from their own random",
         f"stream, the same in every run and never used for pruning. Perplexity: embedded Wikipedia (dense {dense:.3f}).",
         "Mixed: pruner statistics from the real part only (`stats_from: real`), reconstruction on both.",
+        "Zero-shot mean: accuracy averaged over the two offline lm-eval tasks built from embedded Wikipedia",
+        "(pl_next_sentence, pl_last_word; 100 items each, docs/zeroshot.md); dense: "
+        + (f"{runs['real']['zeroshot']['mean']['dense']:.3f}." if (runs["real"].get("zeroshot") or {}).get("mean") else "-."),
         "",
         "| calibration | parts | calib. error, last | calib. error, mean | held-out (real), last | held-out (real), mean | "
-        "held-out - calib. (last) | held-out (generated), last | perplexity | prune + reconstruct (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "held-out - calib. (last) | held-out (generated), last | perplexity | zero-shot mean (acc) | prune + reconstruct (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *[row(label, r) for label, r in runs.items()],
         "",
     ]
