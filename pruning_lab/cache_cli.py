@@ -49,6 +49,12 @@ def _about(kind: str, sidecar: Optional[dict], path: Path) -> str:
     if kind == "dense_ppl":
         data = read_json(path) or {}
         return f"dense perplexity {data.get('ppl', float('nan')):.3f}"
+    if kind == "dense_zeroshot":
+        scores = (read_json(path) or {}).get("scores", {})
+        return "dense zero-shot: " + ", ".join(f"{t} acc {v.get('acc', float('nan')):.3f}" for t, v in scores.items())
+    if kind == "zeroshot_tasks":
+        counts = (read_json(path / "manifest.json") or {}).get("counts", {})
+        return "offline lm-eval tasks: " + ", ".join(f"{t} {n} items" for t, n in counts.items())
     if kind == "models":
         return "dequantised embedded model"
     if kind == "corpora":

@@ -91,7 +91,7 @@ class CalibrationConfig:
     path: Optional[str] = None  # text_file / jsonl_file
     field: str = "text"  # jsonl_file: the field holding each document's text
     subsets: list[str] = dataclasses.field(default_factory=lambda: ["arxiv", "book", "c4", "github", "stackexchange", "wikipedia"])
-    num_samples: Optional[int] = 64  # calibration=mixed: the sum of its parts (leave null)
+    num_samples: Optional[int] = 64  # calibration=mixed: the size of each part, unless set per part
     seq_len: int = 512
     held_out_samples: int = 16
     held_out_fraction: float = 0.1  # of the documents (text_file: of the tokens) kept from pruning
@@ -187,7 +187,13 @@ class MemoryConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
+    name: str = "none"  # none | wandb
+    mode: str = "offline"  # offline | online | disabled; WANDB_MODE overrides it
+    project: str = "pruning_lab"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # null: the sweep folder (runs of one sweep share it)
+    job_type: Optional[str] = None  # null: the reconstruction preset
+    tags: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -281,7 +287,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         _require(Path(cfg.resume).expanduser().is_dir(), f"resume={cfg.resume}: no such run folder.")
     _require(cfg.engine.batch_size > 0, f"engine.batch_size={cfg.engine.batch_size} must be positive.")
     _require(cfg.threads is None or cfg.threads > 0, f"threads={cfg.threads} must be positive (or null for torch's default).")
-    _one_of("logger.name", cfg.logger.name, ("none",))
+    _one_of("logger.name", cfg.logger.name, ("none", "wandb"))
+    _one_of("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
     return cfg
 
 
@@ -289,16 +296,12 @@ def _validate_calibration(cfg: DictConfig) -> None:
     c = cfg.calibration
     _one_of("calibration.source", c.source, CALIBRATION_SOURCES)
     if c.source == "mixed":
+        # calibration.num_samples is the default size of each part (the preset interpolates it into
+        # real.num_samples and self_generated.num_samples); results.json records the total
         _one_of("calibration.real.source", c.real.source, REAL_SOURCES)
         _require(c.real.num_samples > 0, f"calibration.real.num_samples={c.real.num_samples} must be positive.")
         n_gen = c.self_generated.num_samples
         _require(n_gen is not None and n_gen > 0, f"calibration.self_generated.num_samples={n_gen} must be positive.")
-        total = c.real.num_samples + n_gen
-        _require(c.num_samples is None or c.num_samples == total,
-                 f"calibration.num_samples={c.num_samples}: for calibration=mixed the total is the sum of "
-                 "calibration.real.num_samples and calibration.self_generated.num_samples; set those and leave "
-                 "calibration.num_samples=null.")
-        c.num_samples = total
         _one_of("calibration.stats_from", c.stats_from, ("real", "all"))
     else:
         _require(c.num_samples is not None and c.num_samples > 0, f"calibration.num_samples={c.num_samples} must be positive.")

@@ -25,6 +25,7 @@ from .patterns import pattern_from_config
 from .perplexity import eval_windows, perplexity
 from .results import ResultsFile, package_version, environment, peak_memory, summary_table
 from .saving import recorded_sparsity, save_model
+from .tracking import make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ def dense_perplexity_cached(cache_dir: Path, key_parts: tuple, compute) -> tuple
         return value, False
 
 
-def run(raw_cfg: DictConfig, output_dir: Optional[Path], progress: bool = True) -> dict:
+def run(raw_cfg: DictConfig, output_dir: Optional[Path], progress: bool = True, group: Optional[str] = None,
+        job_name: Optional[str] = None) -> dict:
+    """One job. `group` and `job_name` label its W&B run (the sweep folder and the job's overrides)."""
     t_start = time.perf_counter()
     cfg = validate(raw_cfg)  # every check that needs no model, before anything heavy
     if cfg.resume:
@@ -71,18 +74,28 @@ def run(raw_cfg: DictConfig, output_dir: Optional[Path], progress: bool = True) 
         checkpointer = Checkpointer(output_dir / "checkpoint", config)
         checkpointer.check_config()  # a resume under another config is refused before any work
     results = ResultsFile(output_dir / "results.json" if output_dir and cfg.save_results else None, config)
+    tracker = make_tracker(cfg, config, output_dir, group, job_name or (output_dir.name if output_dir else "run"))
     try:
-        _run(cfg, results, t_start, progress, output_dir, checkpointer)
+        _run(cfg, results, t_start, progress, output_dir, checkpointer, tracker)
     except BaseException as exc:
         results.data["status"] = "failed"
         results.data["error"] = f"{type(exc).__name__}: {exc}"
         results.write()
+        _finish(tracker, results.data, failed=True)  # the sweep goes on; W&B shows the job as failed
         raise
+    _finish(tracker, results.data, failed=False)
     return results.data
 
 
+def _finish(tracker, data: dict, failed: bool) -> None:
+    try:
+        tracker.finish(data, failed)
+    except Exception as exc:  # tracking must never turn a finished job into a failed one
+        log.warning("Could not finish the W&B run (%s: %s); results.json is complete", type(exc).__name__, exc)
+
+
 def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool, output_dir: Optional[Path],
-         checkpointer: Optional[Checkpointer]) -> None:
+         checkpointer: Optional[Checkpointer], tracker) -> None:
     data, timing = results.data, results.data["timing"]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -166,9 +179,10 @@ def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool, 
 
     t = time.perf_counter()
     if cfg.pruner.name != "none":
-        def on_block(_record):
+        def on_block(record):
             data["blocks"] = [r.to_json() for r in sorted(engine.finished_records(), key=lambda r: r.index)]
             results.write()
+            tracker.on_block(record.to_json())
 
         options = EngineOptions(recon=cfg.reconstruction, measure_error=cfg.eval.recon_error, seed=cfg.seed)
         storage = torch.device("cpu") if cfg.model.offload else device

@@ -32,7 +32,7 @@ from .offline_tasks import OFFLINE_TASKS, TaskSet, build_tasks
 
 log = logging.getLogger(__name__)
 
-# acc and acc_norm always (acc_norm is None for loglikelihood tasks); perplexity for loglikelihood tasks
+# acc and acc_norm always (acc_norm is None for loglikelihood tasks); perplexity where a task reports it
 SCORE_KEYS = ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "perplexity")
 PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 

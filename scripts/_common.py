@@ -23,3 +23,23 @@ def report_header(title: str, setting: str, env: dict, command: str) -> list[str
     """The opening lines of a generated docs page: what was measured, where, and how to redo it."""
     return [f"# {title}", "", f"{setting}, {env['threads']} threads, {env['device']}, torch {env['torch']}. Regenerate with",
             "", f"    {command}".rstrip(), ""]
+
+
+def run_or_reuse(name: str, overrides: list[str], runs_dir: Path) -> dict:
+    """The run in runs_dir/name: reused when its results.json says finished, (re)run otherwise, so a
+    report script interrupted halfway continues where it stopped."""
+    from pruning_lab.cache import read_json
+    from pruning_lab.pipeline import run
+
+    out = runs_dir / name
+    r = read_json(out / "results.json")
+    if r and r.get("status") == "finished":
+        return r
+    return run(compose(overrides), out)
+
+
+def write_page(path: str, lines: list[str]) -> None:
+    """Write a generated docs page and echo it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -12,11 +12,10 @@ import copy
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from _common import compose, report_header
+from _common import compose, report_header, write_page
 
 
 def main() -> None:
@@ -86,9 +85,7 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     lines += [f"| {n} | {m:.1f} | {r:.2f}x | {', '.join(f'{t:.1f}' for t in ts)} |" for n, m, r, ts in rows]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_page(args.out, lines)
 
 
 if __name__ == "__main__":

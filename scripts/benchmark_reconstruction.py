@@ -13,13 +13,12 @@ import copy
 import logging
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from _common import compose, report_header
+from _common import compose, report_header, write_page
 
 
 def main() -> None:
@@ -120,8 +119,7 @@ def main() -> None:
         "|---|---|---|---|",
         *[f"| {label} | {b:.2f} | {o:.2f} | {o / b:.2f}x |" for label, b, o in rows],
     ]
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_page(args.out, lines)
 
 
 if __name__ == "__main__":

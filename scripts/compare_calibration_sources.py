@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import compose, report_header
+from _common import compose, report_header, run_or_reuse, write_page
 
 PROTOCOL = ["pruner=sparsegpt", "sparsity=unstructured", "reconstruction=br_gp_cr", "reconstruction.epochs=2",
             "calibration.seq_len=256", "calibration.held_out_samples=16", "calibration.held_out_generated=16",
@@ -61,15 +61,8 @@ def time_generation(samples: int, seq_len: int) -> tuple[dict, list[str]]:
             "distinct": distinct, "tokens": out.tokens.numel()}, texts
 
 
-def run_or_reuse(name: str, overrides: list[str], runs_dir: Path) -> dict:
-    from pruning_lab.cache import read_json
-    from pruning_lab.pipeline import run
-
-    out = runs_dir / name
-    r = read_json(out / "results.json")
-    if r and r.get("status") == "finished":
-        return r
-    return run(compose([*PROTOCOL, *overrides]), out)
+def run_or_reuse_protocol(name: str, overrides: list[str], runs_dir: Path) -> dict:
+    return run_or_reuse(name, [*PROTOCOL, *overrides], runs_dir)
 
 
 def row(label: str, r: dict) -> str:
@@ -96,7 +89,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     start = time.time()
     gen, texts = time_generation(64, 512)
-    runs = {label: run_or_reuse(label.replace(" + ", "_plus_").replace(" ", "_"), o, Path(args.runs_dir))
+    runs = {label: run_or_reuse_protocol(label.replace(" + ", "_plus_").replace(" ", "_"), o, Path(args.runs_dir))
             for label, o in SOURCES.items()}
     minutes = (time.time() - start) / 60
     env = runs["real"]["environment"]
@@ -142,8 +135,7 @@ def main() -> None:
         *[row(label, r) for label, r in runs.items()],
         "",
     ]
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_page(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
-from _common import compose
+from _common import compose, write_page
 
 # Published pruned/dense ratios of the public Wanda and SparseGPT code on this model (issue 2).
 REFERENCE = {("magnitude", "unstructured"): 23.2, ("wanda", "unstructured"): 2.34, ("sparsegpt", "unstructured"): 2.25,
@@ -68,9 +68,7 @@ def main() -> None:
     for pruner, pattern, ppl, ratio, ref, sec, _ in rows:
         shown = "2:4" if pattern == "nm_2_4" else "50% unstructured"
         lines.append(f"| {pruner} | {shown} | {ppl:.3f} | {ratio:.3f} | {ref} | {100 * (ratio / ref - 1):+.1f}% | {sec:.0f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_page(args.out, lines)
 
 
 if __name__ == "__main__":

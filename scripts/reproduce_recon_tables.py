@@ -18,21 +18,10 @@ import logging
 import time
 from pathlib import Path
 
-from _common import compose
+from _common import run_or_reuse, write_page
 
 PROTOCOL = ["pruner=sparsegpt", "sparsity=unstructured", "calibration.seq_len=256", "calibration.held_out_samples=16",
             "reconstruction.epochs=2", "eval.perplexity.max_windows=64", "eval.perplexity.seq_len=512"]
-
-
-def run_or_reuse(name: str, overrides: list[str], runs_dir: Path) -> dict:
-    from pruning_lab.cache import read_json
-    from pruning_lab.pipeline import run
-
-    out = runs_dir / name
-    r = read_json(out / "results.json")
-    if r and r.get("status") == "finished":
-        return r
-    return run(compose([*PROTOCOL, *overrides]), out)
 
 
 def errors(r: dict) -> dict:
@@ -42,6 +31,10 @@ def errors(r: dict) -> dict:
         after = [b["recon_error"][name]["after"] for b in blocks]
         out[name] = (after[-1], sum(after) / len(after))
     return out
+
+
+def run_or_reuse_protocol(name: str, overrides: list[str], runs_dir: Path) -> dict:
+    return run_or_reuse(name, [*PROTOCOL, *overrides], runs_dir)
 
 
 def row(label: str, r: dict) -> str:
@@ -65,10 +58,10 @@ def main() -> None:
     runs = Path(args.runs_dir)
     start = time.time()
 
-    techniques = {p: run_or_reuse(f"techniques-{p}", [f"reconstruction={p}", "calibration.num_samples=32"], runs)
+    techniques = {p: run_or_reuse_protocol(f"techniques-{p}", [f"reconstruction={p}", "calibration.num_samples=32"], runs)
                   for p in ("none", "lr", "br", "br_gp", "br_gp_cr")}
     pitfall = {(n, p): (techniques[p] if n == 32 else
-                        run_or_reuse(f"pitfall-{p}-n{n}", [f"reconstruction={p}", f"calibration.num_samples={n}"], runs))
+                        run_or_reuse_protocol(f"pitfall-{p}-n{n}", [f"reconstruction={p}", f"calibration.num_samples={n}"], runs))
                for p in ("br", "br_gp_cr") for n in (8, 32, 64)}
     minutes = (time.time() - start) / 60
 
@@ -103,9 +96,7 @@ def main() -> None:
         HEADER[0].format("N x preset"), HEADER[1],
         *[row(f"{n} x {p}", r) for (p, n), r in sorted(pitfall.items(), key=lambda kv: (kv[0][0], kv[0][1]))],
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_page(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ def shared_cache(tmp_path_factory):
     path = os.environ.get("PRUNING_LAB_CACHE") or str(tmp_path_factory.mktemp("cache"))
     os.environ["PRUNING_LAB_CACHE"] = path
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+    # W&B is the default logger; tests that are not about it skip it (tests/test_sweeps.py turns it on)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("WANDB_SILENT", "true")
     return Path(path)
 
 

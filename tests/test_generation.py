@@ -169,7 +169,9 @@ def test_mixed_composition_and_one_shared_held_out_set(tiny, shared_cache):
     mixed_cfg = compose_config(*common, "calibration=mixed", "calibration.real.num_samples=4",
                                "calibration.self_generated.num_samples=3")
     mixed = build_calibration(mixed_cfg, tiny.tokenizer, shared_cache, tiny.model, CPU, tiny.fingerprint, progress=False)
-    assert mixed_cfg.calibration.num_samples == 7
+    # calibration.num_samples sets both parts at once (what a sweep over sources uses)
+    both = compose_config(*common, "calibration=mixed", "calibration.num_samples=5").calibration
+    assert (both.real.num_samples, both.self_generated.num_samples) == (5, 5)
     assert mixed.parts == {"real": 4, "self_generated": 3} and mixed.windows.shape == (7, 32)
     assert torch.equal(mixed.windows[:4], real.windows)  # the real part is the real-only set
     assert torch.equal(mixed.windows[4:], selfgen.windows)  # the generated part is the self-generated set (cached)
