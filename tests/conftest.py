@@ -61,6 +61,11 @@ def embedded_tokenizer(shared_cache):
     return AutoTokenizer.from_pretrained(embedded_model_folder(cfg.model, shared_cache))
 
 
+# the zero-shot evaluation runs in every pipeline test, on 8 items per offline task unless a test sets
+# its own eval.zeroshot keys (the default 100 would add about a minute per embedded-model run)
+SMALL_ZEROSHOT = "eval.zeroshot.offline.max_items=8"
+
+
 def compose_config(*overrides):
     from hydra import compose, initialize_config_dir
 
@@ -68,4 +73,6 @@ def compose_config(*overrides):
     from pruning_lab.config import validate
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        if not any(o.startswith(("eval.zeroshot", "eval=")) for o in overrides):
+            overrides = (*overrides, SMALL_ZEROSHOT)
         return validate(compose(config_name="config", overrides=list(overrides)))

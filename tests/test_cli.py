@@ -12,7 +12,7 @@ from pruning_lab.pipeline import run
 from .conftest import compose_config
 
 TINY = ["model=tiny_llama", "calibration.num_samples=8", "calibration.seq_len=64", "calibration.held_out_samples=2",
-        "eval.perplexity.max_windows=4", "eval.perplexity.seq_len=64"]
+        "eval.perplexity.max_windows=4", "eval.perplexity.seq_len=64", "eval.zeroshot.offline.max_items=8"]
 
 
 def cli(*args, cwd):
