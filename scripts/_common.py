@@ -43,3 +43,19 @@ def write_page(path: str, lines: list[str]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def page_arguments(doc: str, out: str, runs_dir: str, add=None):
+    """Parse the usual options of a docs-page script (--out, --runs-dir, plus `add(parser)`) and
+    switch logging on: the scripts narrate long runs."""
+    import argparse
+    import logging
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--runs-dir", default=runs_dir)
+    if add is not None:
+        add(ap)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    return args

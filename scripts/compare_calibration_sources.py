@@ -15,14 +15,12 @@ looks like, and what it does against real data. Writes docs/calibration_sources.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from _common import compose, report_header, run_or_reuse, write_page
+from _common import page_arguments, compose, report_header, run_or_reuse, write_page
 
 PROTOCOL = ["pruner=sparsegpt", "sparsity=unstructured", "reconstruction=br_gp_cr", "reconstruction.epochs=2",
             "calibration.seq_len=256", "calibration.held_out_samples=16", "calibration.held_out_generated=16",
@@ -82,11 +80,7 @@ def row(label: str, r: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="docs/calibration_sources.md")
-    ap.add_argument("--runs-dir", default="outputs/calibration_sources")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = page_arguments(__doc__, "docs/calibration_sources.md", "outputs/calibration_sources")
     start = time.time()
     gen, texts = time_generation(64, 512)
     runs = {label: run_or_reuse_protocol(label.replace(" + ", "_plus_").replace(" ", "_"), o, Path(args.runs_dir))

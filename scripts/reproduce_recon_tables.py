@@ -13,12 +13,10 @@ embedded news text, 16 held-out windows from news stories pruning never sees; 2 
 
 from __future__ import annotations
 
-import argparse
-import logging
 import time
 from pathlib import Path
 
-from _common import run_or_reuse, write_page
+from _common import page_arguments, run_or_reuse, write_page
 
 PROTOCOL = ["pruner=sparsegpt", "sparsity=unstructured", "calibration.seq_len=256", "calibration.held_out_samples=16",
             "reconstruction.epochs=2", "eval.perplexity.max_windows=64", "eval.perplexity.seq_len=512"]
@@ -50,11 +48,7 @@ HEADER = ["| {} | calib. error, last block | calib. error, mean | held-out error
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="docs/reconstruction.md")
-    ap.add_argument("--runs-dir", default="outputs/recon_tables")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = page_arguments(__doc__, "docs/reconstruction.md", "outputs/recon_tables")
     runs = Path(args.runs_dir)
     start = time.time()
 

@@ -7,13 +7,11 @@ Writes docs/zeroshot.md.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import math
 import time
 from pathlib import Path
 
-from _common import report_header, run_or_reuse, write_page
+from _common import page_arguments, report_header, run_or_reuse, write_page
 
 CHANCE = {"pl_next_sentence": 0.25, "pl_last_word": 0.0}  # 4 choices; exact-word greedy match
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
@@ -25,12 +23,8 @@ def fmt(score: dict, key: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="docs/zeroshot.md")
-    ap.add_argument("--runs-dir", default="outputs/zeroshot_table")
-    ap.add_argument("--max-items", type=int, default=None, help="items per offline task (default: the config's)")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = page_arguments(__doc__, "docs/zeroshot.md", "outputs/zeroshot_table", lambda ap: ap.add_argument(
+        "--max-items", type=int, default=None, help="items per offline task (default: the config's)"))
     extra = [f"eval.zeroshot.offline.max_items={args.max_items}"] if args.max_items else []
     start = time.time()
     runs = {p: run_or_reuse(f"{p}-50{'-n' + str(args.max_items) if args.max_items else ''}", [f"pruner={p}", *extra],
