@@ -39,6 +39,7 @@ class CalibrationSet:
     held_out_generated: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
     held_out_source: Optional[str] = None
     generation: Optional[dict] = None  # settings, seconds, redraws, cache hit/miss
+    text: str = ""  # the real calibration text the windows were cut from (zero-shot tasks must avoid it)
 
     def __post_init__(self):
         if self.stats_count < 0:
@@ -132,14 +133,14 @@ def random_windows(tokens: torch.Tensor, count: int, seq_len: int, generator: to
     return torch.stack([tokens[s : s + seq_len] for s in starts.tolist()])
 
 
-def source_tokens(cfg: DictConfig, source: str, tokenizer, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(calibration tokens, held-out tokens) of a real source."""
+def source_tokens(cfg: DictConfig, source: str, tokenizer, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(calibration tokens, held-out tokens, calibration text) of a real source."""
     calib_text, held_text = source_texts(cfg, source, cache_dir)
     tokens = tokenize(tokenizer, calib_text)
     if held_text:
-        return tokens, tokenize(tokenizer, held_text)
+        return tokens, tokenize(tokenizer, held_text), calib_text
     cut = len(tokens) - int(len(tokens) * cfg.calibration.held_out_fraction)  # a single text: its last tokens
-    return tokens[:cut], tokens[cut:]
+    return tokens[:cut], tokens[cut:], calib_text
 
 
 def build_calibration(cfg: DictConfig, tokenizer, cache_dir: Path, model=None, device: Optional[torch.device] = None,
@@ -153,7 +154,7 @@ def build_calibration(cfg: DictConfig, tokenizer, cache_dir: Path, model=None, d
     c = cfg.calibration
     seed = int(c.seed)
     real, held_name = real_source(c), c.held_out_source or real_source(c)
-    tokens_of: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    tokens_of: dict[str, tuple[torch.Tensor, torch.Tensor, str]] = {}
 
     def tokens(name):
         if name not in tokens_of:
@@ -223,4 +224,4 @@ def build_calibration(cfg: DictConfig, tokenizer, cache_dir: Path, model=None, d
         log.info("Pruner statistics (masks, Hessians) from the %d real windows only; reconstruction uses all %d",
                  stats_count, len(windows))
     return CalibrationSet(c.source, windows, held_windows, val_windows, tokens_available, held_available, stats_count,
-                          parts, held_generated, held_name, generation)
+                          parts, held_generated, held_name, generation, tokens(real)[2] if real is not None else "")

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import blockwise, corpora, zeroshot
 from .adapters import adapter_for
 from .cache import atomic_write_json, file_lock, fingerprint, read_json, resolve_cache_dir
-from .calibration import HUB_ROOTS, build_calibration, hub_root, source_texts
+from .calibration import HUB_ROOTS, build_calibration, hub_root
 from .config import real_source, validate
 from .checkpoint import Checkpointer
 from .engine import MEASURED, EngineOptions, SequentialPruner, check_pattern_fits, measured_sparsity
@@ -157,9 +157,8 @@ def _run(cfg: DictConfig, results: ResultsFile, t_start: float, progress: bool, 
     z = cfg.eval.zeroshot
     tasks, dense_zs = None, None
     if z.tasks:
-        real = real_source(cfg.calibration) if cfg.pruner.name != "none" else None
-        exclude = source_texts(cfg, real, cache_dir)[0] if real else ""  # no calibration document may enter a task
-        tasks = zeroshot.prepare_offline(z, tokenizer, cache_dir, exclude)
+        # no calibration document may enter a task
+        tasks = zeroshot.prepare_offline(z, tokenizer, cache_dir, calib.text if calib is not None else "")
         if cfg.eval.dense_baseline:
             key = ("dense_zeroshot", loaded.fingerprint, list(z.tasks), tasks.identity if tasks else None, z.num_fewshot,
                    z.limit, z.bootstrap_iters, str(next(model.parameters()).dtype), device.type, package_version("lm_eval"))
