@@ -96,6 +96,21 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
+def cached_value(path: Path, field: str, key_parts: tuple, compute) -> tuple[Any, bool]:
+    """`{field: value, "key": [...]}` in the JSON file `path`: read when present, else computed once
+    under the item's lock (parallel jobs wait and read) and written atomically. Returns (value, hit)."""
+    hit = read_json(path)
+    if hit is not None and field in hit:
+        return hit[field], True
+    with file_lock(path.with_suffix(".lock")):
+        hit = read_json(path)
+        if hit is not None and field in hit:
+            return hit[field], True
+        value = compute()
+        atomic_write_json(path, {field: value, "key": [str(p) for p in key_parts]})
+        return value, False
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `final` in one rename."""

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import blockwise, corpora, zeroshot
 from .adapters import adapter_for
-from .cache import atomic_write_json, file_lock, fingerprint, read_json, resolve_cache_dir
+from .cache import cached_value, fingerprint, resolve_cache_dir
 from .calibration import HUB_ROOTS, build_calibration, hub_root
 from .config import real_source, validate
 from .checkpoint import Checkpointer
@@ -46,17 +46,8 @@ def check_data_sources(cfg: DictConfig) -> None:
 
 
 def dense_perplexity_cached(cache_dir: Path, key_parts: tuple, compute) -> tuple[float, bool]:
-    path = cache_dir / "dense_ppl" / f"{fingerprint(*key_parts)}.json"
-    hit = read_json(path)
-    if hit is not None and "ppl" in hit:
-        return float(hit["ppl"]), True
-    with file_lock(path.with_suffix(".lock")):
-        hit = read_json(path)
-        if hit is not None and "ppl" in hit:
-            return float(hit["ppl"]), True
-        value = compute()
-        atomic_write_json(path, {"ppl": value, "key": [str(p) for p in key_parts]})
-        return value, False
+    value, hit = cached_value(cache_dir / "dense_ppl" / f"{fingerprint(*key_parts)}.json", "ppl", key_parts, compute)
+    return float(value), hit
 
 
 def run(raw_cfg: DictConfig, output_dir: Optional[Path], progress: bool = True, group: Optional[str] = None,

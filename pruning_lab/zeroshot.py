@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from . import corpora
-from .cache import atomic_write_json, file_lock, fingerprint, read_json
+from .cache import cached_value, fingerprint
 from .errors import ConfigError
 from .generation import blocks_on_demand
 from .offline_tasks import OFFLINE_TASKS, TaskSet, build_tasks
@@ -163,17 +163,7 @@ def evaluate(model, tokenizer, z: DictConfig, offline: Optional[TaskSet], device
 
 def dense_cached(cache_dir: Path, key_parts: tuple, compute) -> tuple[dict, bool]:
     """Dense zero-shot scores, computed once per (model, tasks, settings) like dense perplexity."""
-    path = cache_dir / "dense_zeroshot" / f"{fingerprint(*key_parts)}.json"
-    hit = read_json(path)
-    if hit is not None and "scores" in hit:
-        return hit["scores"], True
-    with file_lock(path.with_suffix(".lock")):
-        hit = read_json(path)
-        if hit is not None and "scores" in hit:
-            return hit["scores"], True
-        scores = compute()
-        atomic_write_json(path, {"scores": scores, "key": [str(p) for p in key_parts]})
-        return scores, False
+    return cached_value(cache_dir / "dense_zeroshot" / f"{fingerprint(*key_parts)}.json", "scores", key_parts, compute)
 
 
 def headline(score: dict, metric: str) -> Optional[float]:
