@@ -27,7 +27,8 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-ERRORS = ("calib", "held_out")
+ERRORS = ("calib", "held_out", "held_out_generated")  # held_out_generated only where a job measured it
+LABELS = {"calib": "calib", "held_out": "held-out", "held_out_generated": "held-out generated"}
 
 
 @dataclass
@@ -111,20 +112,42 @@ def errors(results: dict) -> dict[str, tuple[float, float]]:
     return out
 
 
-def row(job: Job, datasets: list[str]) -> dict[str, Any]:
+def measured_errors(jobs: list[Job]) -> list[str]:
+    """The error kinds any finished job measured, in ERRORS order (calibration and held-out always)."""
+    seen = {name for j in jobs if j.results for name in errors(j.results)}
+    return [name for name in ERRORS if name in seen or name != "held_out_generated"]
+
+
+def row(job: Job, datasets: list[str], error_names: tuple[str, ...] = ERRORS[:2]) -> dict[str, Any]:
     r = job.results or {}
     e = errors(r)
     out: dict[str, Any] = dict(job.settings)
     out["job"] = job.folder.name
     out["status"] = r.get("status", "missing")
-    for name in ERRORS:
-        out[f"{name} error (last)"] = e.get(name, (None, None))[0]
-        out[f"{name} error (mean)"] = e.get(name, (None, None))[1]
+    for name in error_names:
+        out[f"{LABELS[name]} error (last)"] = e.get(name, (None, None))[0]
+        out[f"{LABELS[name]} error (mean)"] = e.get(name, (None, None))[1]
     for ds in datasets:
         out[f"ppl {ds}"] = ((r.get("perplexity") or {}).get(ds) or {}).get("sparse")
     out["zero-shot mean"] = ((r.get("zeroshot") or {}).get("mean") or {}).get("sparse")
     out["time (s)"] = (r.get("timing") or {}).get("total")
     return out
+
+
+def dense_lines(jobs: list[Job], datasets: list[str]) -> list[str]:
+    """The dense model's perplexities and zero-shot mean, the yardstick of every row. Jobs of one
+    sweep normally agree; where they do not (other eval windows or tasks), every value is listed."""
+    parts = []
+    for ds in datasets:
+        values = sorted({round(v, 4) for j in jobs if j.results
+                         for v in [((j.results.get("perplexity") or {}).get(ds) or {}).get("dense")] if v is not None})
+        if values:
+            parts.append(f"perplexity {ds} {' / '.join(_fmt(v) for v in values)}")
+    zs = sorted({round(v, 4) for j in jobs if j.results
+                 for v in [((j.results.get("zeroshot") or {}).get("mean") or {}).get("dense")] if v is not None})
+    if zs:
+        parts.append(f"zero-shot mean {' / '.join(_fmt(v) for v in zs)}")
+    return [f"Dense model: {', '.join(parts)}.", ""] if parts else []
 
 
 def _fmt(v: Any) -> str:
@@ -213,11 +236,13 @@ def report(root: Path) -> Path:
     out = root / "report"
     out.mkdir(parents=True, exist_ok=True)
     datasets = sorted({ds for j in jobs if j.results for ds in (j.results.get("perplexity") or {})})
-    rows = [row(j, datasets) for j in jobs]
+    names = tuple(measured_errors(jobs))
+    rows = [row(j, datasets, names) for j in jobs]
     md, csv_text, latex = tables(rows)
     pictures = figures(jobs, out, datasets[0] if datasets else None)
     problems = [j for j in jobs if not j.finished]
-    lines = [f"# Sweep report: {root}", "", f"{len(jobs)} jobs, {len(jobs) - len(problems)} finished.", "", md]
+    lines = [f"# Sweep report: {root}", "", f"{len(jobs)} jobs, {len(jobs) - len(problems)} finished.", ""]
+    lines += dense_lines(jobs, datasets) + [md]
     if problems:
         lines += ["## Failed or partial jobs", ""]
         lines += [f"- `{j.folder.relative_to(root)}` ({_label_text(j)}): {j.problem}" for j in problems]

@@ -87,6 +87,45 @@ def test_report_bad_input(tmp_path):
     assert report_main([str(tmp_path / "mixed")]) == 2
 
 
+def fake_job(folder: Path, overrides: list[str], calib: list[float], held: list[float], ppl: float, zs: float,
+             generated: list[float] | None = None) -> None:
+    """A finished job folder as pruning-lab leaves it, with hand-chosen numbers."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    blocks = []
+    for i, (c, h) in enumerate(zip(calib, held)):
+        err = {"calib": {"before": 2 * c, "after": c}, "held_out": {"before": 2 * h, "after": h}}
+        if generated:
+            err["held_out_generated"] = {"before": 1.0, "after": generated[i]}
+        blocks.append({"index": i, "recon_error": err})
+    (folder / "results.json").write_text(json.dumps({
+        "schema_version": 1, "status": "finished", "blocks": blocks, "timing": {"total": 12.5},
+        "perplexity": {"wiki": {"sparse": ppl, "dense": 20.0}}, "zeroshot": {"mean": {"sparse": zs, "dense": 0.59}}}))
+
+
+def test_report_rows_are_the_jobs_numbers(tmp_path):
+    """Rows are labelled by the settings that vary, hold last-block and mean errors, perplexity and
+    zero-shot mean exactly; the held-out-generated column appears only when a job measured it."""
+    import csv
+
+    fake_job(tmp_path / "s" / "0", ["pruner=wanda", "reconstruction=br", "experiment=x"], [0.1, 0.3], [0.2, 0.5], 30.0, 0.45)
+    fake_job(tmp_path / "s" / "1", ["pruner=wanda", "reconstruction=lr", "experiment=x"], [0.2, 0.4], [0.3, 0.7], 35.0, 0.40)
+    assert report_main([str(tmp_path / "s")]) == 0
+    rows = list(csv.DictReader((tmp_path / "s" / "report" / "summary.csv").read_text().splitlines()))
+    assert [r["reconstruction"] for r in rows] == ["br", "lr"] and "pruner" not in rows[0]  # pruner did not vary
+    assert float(rows[0]["calib error (last)"]) == 0.3 and float(rows[0]["calib error (mean)"]) == pytest.approx(0.2)
+    assert float(rows[1]["held-out error (last)"]) == 0.7 and float(rows[1]["held-out error (mean)"]) == pytest.approx(0.5)
+    assert float(rows[1]["ppl wiki"]) == 35.0 and float(rows[1]["zero-shot mean"]) == 0.40
+    assert not any("generated" in c for c in rows[0])
+    md = (tmp_path / "s" / "report" / "summary.md").read_text()
+    assert "Dense model: perplexity wiki 20.00, zero-shot mean 0.5900." in md
+    fake_job(tmp_path / "g" / "0", ["calibration=embedded"], [0.1], [0.2], 30.0, 0.45, generated=[0.9])
+    fake_job(tmp_path / "g" / "1", ["calibration=mixed"], [0.1], [0.2], 30.0, 0.45, generated=[0.6])
+    assert report_main([str(tmp_path / "g")]) == 0
+    rows = list(csv.DictReader((tmp_path / "g" / "report" / "summary.csv").read_text().splitlines()))
+    assert [float(r["held-out generated error (last)"]) for r in rows] == [0.9, 0.6]
+
+
 def test_online_without_credentials_falls_back_to_offline(monkeypatch, tmp_path, caplog):
     from pruning_lab.tracking import resolve_mode
 
@@ -150,3 +189,27 @@ def test_every_experiment_composes_and_validates(name):
                 assert cfg.calibration.num_samples in (8, 32, 128, 256)
     sizes = {"recon_techniques": 8, "recon_vs_generalization": 6, "self_generated": 6, "patterns": 8}
     assert len(jobs) == sizes[name.removesuffix("_cpu")]
+
+
+def test_parallel_jobs_compute_a_shared_cache_item_once(tmp_path):
+    """Two processes asking for the same cached value at once (as parallel launcher jobs do for the
+    dense baselines): one computes it under the lock, the other waits and reads it."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from pruning_lab.cache import cached_value\n"
+        "root = Path(sys.argv[1])\n"
+        "def compute():\n"
+        "    with open(root / 'computed.log', 'a') as f:\n"
+        "        f.write('once\\n')\n"
+        "    time.sleep(1.5)\n"
+        "    return 42.0\n"
+        "value, hit = cached_value(root / 'item.json', 'ppl', ('k',), compute)\n"
+        "print(value, hit)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+             for _ in range(2)]
+    outs = sorted(p.communicate(timeout=120)[0].split() for p in procs)
+    assert all(p.returncode == 0 for p in procs)
+    assert outs == [["42.0", "False"], ["42.0", "True"]]
+    assert (tmp_path / "computed.log").read_text() == "once\n"
