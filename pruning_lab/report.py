@@ -48,11 +48,14 @@ def _overrides(folder: Path) -> list[str]:
     path = folder / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return []
-    from omegaconf import OmegaConf
+    import yaml
 
     try:
-        return [str(o) for o in OmegaConf.load(path)]
-    except Exception:  # a damaged overrides file must not stop the report
+        # plain YAML, not OmegaConf: an override such as cache_dir=${hydra:runtime.output_dir}/cache is
+        # a label here and must not be resolved
+        overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return [str(o) for o in overrides] if isinstance(overrides, list) else []
+    except (yaml.YAMLError, UnicodeDecodeError):  # a damaged overrides file must not stop the report
         return []
 
 

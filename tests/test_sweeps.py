@@ -120,10 +120,13 @@ def test_report_rows_are_the_jobs_numbers(tmp_path):
     md = (tmp_path / "s" / "report" / "summary.md").read_text()
     assert "Dense model: perplexity wiki 20.00, zero-shot mean 0.5900." in md
     fake_job(tmp_path / "g" / "0", ["calibration=embedded"], [0.1], [0.2], 30.0, 0.45, generated=[0.9])
-    fake_job(tmp_path / "g" / "1", ["calibration=mixed"], [0.1], [0.2], 30.0, 0.45, generated=[0.6])
+    fake_job(tmp_path / "g" / "1", ["calibration=mixed", "cache_dir=${hydra:runtime.output_dir}/cache"], [0.1], [0.2], 30.0,
+             0.45, generated=[0.6])  # an interpolation in an override is a label, never resolved
     assert report_main([str(tmp_path / "g")]) == 0
     rows = list(csv.DictReader((tmp_path / "g" / "report" / "summary.csv").read_text().splitlines()))
     assert [float(r["held-out generated error (last)"]) for r in rows] == [0.9, 0.6]
+    assert [r["calibration"] for r in rows] == ["embedded", "mixed"]
+    assert [r["cache_dir"] for r in rows] == ["-", "${hydra:runtime.output_dir}/cache"]
 
 
 def test_online_without_credentials_falls_back_to_offline(monkeypatch, tmp_path, caplog):
