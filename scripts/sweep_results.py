@@ -12,7 +12,7 @@ shared caches save; writes docs/sweep_results.md and its figures.
    model, computes the dense baselines and generates its samples itself. Compared with the same three
    jobs of the cached sweep.
 
-A sweep folder whose jobs all finished and whose wall time is recorded is reused, so an interrupted
+A sweep whose wall time is recorded (RUNS_DIR/<experiment>/wall.json) is reused, so an interrupted
 invocation continues where it stopped; delete RUNS_DIR to measure from scratch.
 """
 
@@ -36,35 +36,27 @@ EXPERIMENTS = {
 CONTROL = "self_generated_cpu"  # the control reruns jobs of this sweep with caches disabled
 
 
-def finished_sweep(folder: Path) -> bool:
-    from pruning_lab.errors import ConfigError
-    from pruning_lab.report import collect
-
-    if not (folder / "wall.json").is_file():
-        return False
-    try:
-        return all(j.finished for j in collect(folder))
-    except ConfigError:
-        return False
-
-
 def run_sweep(experiment: str, folder: Path, extra: list[str], env: dict, cache: str) -> dict:
-    """One `pruning-lab experiment=...` multirun, timed from the outside (process start to exit)."""
-    if finished_sweep(folder):
+    """One `pruning-lab experiment=...` multirun, timed from the outside (process start to exit).
+
+    A sweep with a recorded wall time is reused as it is (its failed jobs, if any, are listed on the
+    page, not rerun). A folder without one was interrupted: the sweep is launched again into it, where
+    reconstructing jobs resume from their checkpoints, and the record says so."""
+    if (folder / "wall.json").is_file():
         return json.loads((folder / "wall.json").read_text())
-    if folder.exists():
-        shutil.rmtree(folder)  # a half-finished sweep would mix two timings
-    folder.mkdir(parents=True)
+    resumed = folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pruning_lab", f"experiment={experiment}", f"hydra.sweep.dir={folder}", *extra]
     cache_path = Path(cache)
     cold = not cache_path.exists() or not any(cache_path.iterdir())
     print(f"Running {' '.join(command[2:])} (log: {folder}.log)", flush=True)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t = time.perf_counter()
-    with open(f"{folder}.log", "w") as logfile:
+    with open(f"{folder}.log", "a") as logfile:
         proc = subprocess.run(command, env=env, stdout=logfile, stderr=subprocess.STDOUT)
     wall = {"experiment": experiment, "command": " ".join(command[2:]), "started": started,
-            "seconds": time.perf_counter() - t, "returncode": proc.returncode, "cache": cache, "cache_empty_at_start": cold}
+            "seconds": time.perf_counter() - t, "returncode": proc.returncode, "cache": cache,
+            "cache_empty_at_start": cold, "resumed": resumed}
     if proc.returncode != 0:
         raise SystemExit(f"{experiment}: pruning-lab exited with {proc.returncode}; see {folder}.log")
     (folder / "wall.json").write_text(json.dumps(wall, indent=1) + "\n")
@@ -237,7 +229,8 @@ def main() -> None:
         "windows are never used for pruning and are the same in every job.",
         "",
         "| sweep | jobs | wall time (min) | command |", "|---|---|---|---|",
-        *[f"| {exp} | {len(reports[exp][0])} | {w['seconds'] / 60:.1f} | `pruning-lab {w['command']}` |" for exp, w in walls.items()],
+        *[f"| {exp} | {len(reports[exp][0])} | {w['seconds'] / 60:.1f}{' (resumed: the continuation only)' if w.get('resumed') else ''} | "
+          f"`pruning-lab {w['command']}` |" for exp, w in walls.items()],
         f"| both | {sum(len(r[0]) for r in reports.values())} | {total / 60:.1f} | |",
         "",
     ]
