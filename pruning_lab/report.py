@@ -221,9 +221,14 @@ def figures(jobs: list[Job], out: Path, dataset: Optional[str]) -> list[str]:
                 ax.scatter(e["calib"][0], ppl, marker="o", color=colour, label=f"{_label_text(job)}")
             if "held_out" in e:
                 ax.scatter(e["held_out"][0], ppl, marker="^", color=colour)
-            if "calib" in e and "held_out" in e:
-                ax.plot([e["calib"][0], e["held_out"][0]], [ppl, ppl], ":", color=colour, linewidth=0.8)
-        ax.set_xlabel("reconstruction error at the last block (o calibration, ^ held-out)")
+            if "held_out_generated" in e:
+                ax.scatter(e["held_out_generated"][0], ppl, marker="s", color=colour, facecolors="none")
+            xs = [e[name][0] for name in ERRORS if name in e]
+            if len(xs) > 1:
+                ax.plot([min(xs), max(xs)], [ppl, ppl], ":", color=colour, linewidth=0.8)
+        generated = any("held_out_generated" in errors(j.results) for j in with_ppl)
+        ax.set_xlabel("reconstruction error at the last block (o calibration, ^ held-out"
+                      + (", open square generated held-out)" if generated else ")"), fontsize=8 if generated else None)
         ax.set_ylabel(f"perplexity ({dataset})")
         ax.set_title("Reconstruction error against generalisation")
         ax.legend(fontsize=6)

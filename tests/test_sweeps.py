@@ -216,3 +216,21 @@ def test_parallel_jobs_compute_a_shared_cache_item_once(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert outs == [["42.0", "False"], ["42.0", "True"]]
     assert (tmp_path / "computed.log").read_text() == "once\n"
+
+
+def test_results_and_cache_items_get_ordinary_permissions(tmp_path):
+    """Atomic writes go through private temporary files; what they leave behind must be readable
+    like any file (a shared cache on a cluster is read by other users' jobs)."""
+    import stat
+
+    from pruning_lab.cache import atomic_directory, atomic_write_text, default_mode
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "results.json", "{}")
+        with atomic_directory(tmp_path / "model") as tmp:
+            (tmp / "weights").write_text("w")
+        assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644 == default_mode()
+        assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755 == default_mode(directory=True)
+    finally:
+        os.umask(old)
