@@ -65,6 +65,12 @@ def test_builder_is_leak_free(wiki, embedded_tokenizer, tmp_path):
         assert r["choices"][r["gold"]] not in calib_sentences
     for r in rows(tasks.folder, LAST_WORD):
         assert r["doc"] >= 40 and r["context"] not in calibration
+    # the dense-score cache is keyed by the items: a text that removes nothing gives the items and the
+    # identity of a build without exclusions; one that removes items changes both
+    plain = build_tasks(wiki, embedded_tokenizer, tmp_path, "wiki", 150, 128, 4, seed=0)
+    unrelated = build_tasks(wiki, embedded_tokenizer, tmp_path, "wiki", 150, 128, 4, seed=0, exclude="Zq xv. " * 50)
+    assert unrelated.folder != plain.folder and rows(unrelated.folder, LAST_WORD) == rows(plain.folder, LAST_WORD)
+    assert unrelated.identity == plain.identity != tasks.identity
 
 
 def test_lm_eval_runs_offline_tasks_on_the_in_memory_pruned_model(tmp_path, monkeypatch):
