@@ -133,7 +133,8 @@ def row(job: Job, datasets: list[str], error_names: tuple[str, ...] = ERRORS[:2]
     for ds in datasets:
         out[f"ppl {ds}"] = ((r.get("perplexity") or {}).get(ds) or {}).get("sparse")
     out["zero-shot mean"] = ((r.get("zeroshot") or {}).get("mean") or {}).get("sparse")
-    out["time (s)"] = (r.get("timing") or {}).get("total")
+    total = (r.get("timing") or {}).get("total")
+    out["time (s)"] = None if total is None else round(total)  # whole seconds: the clock is not better than that
     return out
 
 
@@ -145,15 +146,15 @@ def dense_lines(jobs: list[Job], datasets: list[str]) -> list[str]:
         values = sorted({round(v, 4) for j in jobs if j.results
                          for v in [((j.results.get("perplexity") or {}).get(ds) or {}).get("dense")] if v is not None})
         if values:
-            parts.append(f"perplexity {ds} {' / '.join(_fmt(v) for v in values)}")
+            parts.append(f"perplexity {ds} {' / '.join(fmt(v) for v in values)}")
     zs = sorted({round(v, 4) for j in jobs if j.results
                  for v in [((j.results.get("zeroshot") or {}).get("mean") or {}).get("dense")] if v is not None})
     if zs:
-        parts.append(f"zero-shot mean {' / '.join(_fmt(v) for v in zs)}")
+        parts.append(f"zero-shot mean {' / '.join(fmt(v) for v in zs)}")
     return [f"Dense model: {', '.join(parts)}.", ""] if parts else []
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -164,7 +165,7 @@ def _fmt(v: Any) -> str:
 def tables(rows: list[dict]) -> tuple[str, str, str]:
     columns = list(rows[0])
     md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    md += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in rows]
+    md += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
@@ -175,7 +176,7 @@ def tables(rows: list[dict]) -> tuple[str, str, str]:
 
     latex = ["\\begin{tabular}{" + "l" * len(columns) + "}", "\\toprule",
              " & ".join(tex(c) for c in columns) + " \\\\", "\\midrule"]
-    latex += [" & ".join(tex(_fmt(r[c])) for c in columns) + " \\\\" for r in rows]
+    latex += [" & ".join(tex(fmt(r[c])) for c in columns) + " \\\\" for r in rows]
     latex += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(md) + "\n", buf.getvalue(), "\n".join(latex) + "\n"
 

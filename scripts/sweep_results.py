@@ -80,17 +80,6 @@ def report_of(folder: Path, figures_dir: Path, prefix: str) -> tuple[list, list[
     return jobs, rows, pictures
 
 
-def fmt(v, column: str = "") -> str:
-    if v is None:
-        return "-"
-    if column == "time (s)":
-        return f"{v:.0f}"
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}" if abs(v) < 1000 else f"{v:.0f}"
-    return str(v)
-
-
 def settings_of(rows: list[dict]) -> list[str]:
     """The swept settings: pruning-lab-report puts them before the `job` column."""
     keys = list(rows[0])
@@ -98,17 +87,20 @@ def settings_of(rows: list[dict]) -> list[str]:
 
 
 def table(rows: list[dict]) -> list[str]:
+    """pruning-lab-report's markdown table, with the job first and the status only where a job did not finish."""
+    from pruning_lab.report import tables
+
     settings = settings_of(rows)
-    # pruning-lab-report's columns, with the job first and the status only where a job did not finish
-    metrics = [c for c in rows[0] if c not in settings and c not in ("job", "status")]
     show_status = any(r["status"] != "finished" for r in rows)
-    columns = ["job", *settings, *(["status"] if show_status else []), *metrics]
-    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
-            *["| " + " | ".join(fmt(r[c], c) for c in columns) + " |" for r in rows]]
+    order = ["job", *settings, *(["status"] if show_status else [])]
+    rows = [{**{c: r[c] for c in order}, **{c: v for c, v in r.items() if c not in order and c != "status"}} for r in rows]
+    return tables(rows)[0].rstrip("\n").split("\n")
 
 
 def observations(rows: list[dict]) -> list[str]:
     """What the table says about reconstruction error against generalisation, computed from it."""
+    from pruning_lab.report import fmt
+
     done = [r for r in rows if r["status"] == "finished" and r.get("calib error (last)") is not None]
     if len(done) < 2:
         return []
