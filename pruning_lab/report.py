@@ -121,6 +121,13 @@ def measured_errors(jobs: list[Job]) -> list[str]:
     return [name for name in ERRORS if name in seen or name != "held_out_generated"]
 
 
+def sweep_rows(jobs: list[Job]) -> tuple[list[str], list[dict[str, Any]]]:
+    """(perplexity datasets, one table row per job) of a sweep."""
+    datasets = sorted({ds for j in jobs if j.results for ds in (j.results.get("perplexity") or {})})
+    names = tuple(measured_errors(jobs))
+    return datasets, [row(j, datasets, names) for j in jobs]
+
+
 def row(job: Job, datasets: list[str], error_names: tuple[str, ...] = ERRORS[:2]) -> dict[str, Any]:
     r = job.results or {}
     e = errors(r)
@@ -244,9 +251,7 @@ def report(root: Path) -> Path:
     jobs = collect(root)
     out = root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    datasets = sorted({ds for j in jobs if j.results for ds in (j.results.get("perplexity") or {})})
-    names = tuple(measured_errors(jobs))
-    rows = [row(j, datasets, names) for j in jobs]
+    datasets, rows = sweep_rows(jobs)
     md, csv_text, latex = tables(rows)
     pictures = figures(jobs, out, datasets[0] if datasets else None)
     problems = [j for j in jobs if not j.finished]

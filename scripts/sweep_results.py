@@ -63,21 +63,20 @@ def run_sweep(experiment: str, folder: Path, extra: list[str], env: dict, cache:
     return wall
 
 
-def report_of(folder: Path, figures_dir: Path, prefix: str) -> tuple[list, list[dict], list[str]]:
-    """Jobs, table rows and figure paths (copied next to the page) of one sweep."""
-    from pruning_lab.report import collect, measured_errors, report, row
+def report_of(folder: Path, figures_dir: Path, prefix: str) -> tuple[list, list[str], list[dict], list[str]]:
+    """Jobs, perplexity datasets, table rows and figure paths (copied next to the page) of one sweep."""
+    from pruning_lab.report import collect, report, sweep_rows
 
     out = report(folder)
     jobs = collect(folder)
-    datasets = sorted({ds for j in jobs if j.results for ds in (j.results.get("perplexity") or {})})
-    rows = [row(j, datasets, tuple(measured_errors(jobs))) for j in jobs]
+    datasets, rows = sweep_rows(jobs)
     figures_dir.mkdir(parents=True, exist_ok=True)
     pictures = []
     for name in ("recon_error_per_block.png", "error_vs_perplexity.png"):
         if (out / name).is_file():
             shutil.copyfile(out / name, figures_dir / f"{prefix}_{name}")
             pictures.append(f"{figures_dir.name}/{prefix}_{name}")
-    return jobs, rows, pictures
+    return jobs, datasets, rows, pictures
 
 
 def settings_of(rows: list[dict]) -> list[str]:
@@ -226,10 +225,9 @@ def main() -> None:
         f"| both | {sum(len(r[0]) for r in reports.values())} | {total / 60:.1f} | |",
         "",
     ]
-    for exp, (jobs, rows, pictures) in reports.items():
-        from pruning_lab.report import dense_lines
+    from pruning_lab.report import dense_lines
 
-        datasets = sorted({ds for j in jobs if j.results for ds in (j.results.get("perplexity") or {})})
+    for exp, (jobs, datasets, rows, pictures) in reports.items():
         lines += [f"## {exp}", "", EXPERIMENTS[exp] + f". Report: `pruning-lab-report {args.runs_dir}/{exp}`.", "",
                   *dense_lines(jobs, datasets), *table(rows), "", *observations(rows), ""]
         problems = [j for j in jobs if not j.finished]
