@@ -221,7 +221,7 @@ def main() -> None:
         "",
         "| sweep | jobs | wall time (min) | command |", "|---|---|---|---|",
         *[f"| {exp} | {len(reports[exp][0])} | {w['seconds'] / 60:.1f}{' (resumed: the continuation only)' if w.get('resumed') else ''} | "
-          f"`pruning-lab {w['command']}` |" for exp, w in walls.items()],
+          f"`pruning-lab {w['command'].replace(str(runs), args.runs_dir)}` |" for exp, w in walls.items()],
         f"| both | {sum(len(r[0]) for r in reports.values())} | {total / 60:.1f} | |",
         "",
     ]
