@@ -208,14 +208,15 @@ def figures(jobs: list[Job], out: Path, dataset: Optional[str]) -> list[str]:
             for name, style in (("calib", "-"), ("held_out", "--")):
                 pts = [(b["index"], b["recon_error"][name]["after"]) for b in blocks if name in b["recon_error"]]
                 if pts:
-                    ax.plot(*zip(*pts), style, color=colour, label=f"{_label_text(job)} ({name})")
+                    # one legend entry per job: the line style already says calibration or held-out
+                    ax.plot(*zip(*pts), style, color=colour, label=_label_text(job) if name == "calib" else None)
         ax.set_xlabel("block")
         ax.set_ylabel("relative reconstruction error (after)")
         ax.set_yscale("log")
         ax.set_title("Reconstruction error per block: calibration (solid) and held-out (dashed)")
-        ax.legend(fontsize=6, ncol=2)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over the curves
         fig.tight_layout()
-        fig.savefig(out / "recon_error_per_block.png", dpi=120)
+        fig.savefig(out / "recon_error_per_block.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append("recon_error_per_block.png")
     with_ppl = [j for j in done if dataset and ((j.results.get("perplexity") or {}).get(dataset) or {}).get("sparse")]
@@ -239,9 +240,9 @@ def figures(jobs: list[Job], out: Path, dataset: Optional[str]) -> list[str]:
                       + (", open square generated held-out)" if generated else ")"), fontsize=8 if generated else None)
         ax.set_ylabel(f"perplexity ({dataset})")
         ax.set_title("Reconstruction error against generalisation")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
-        fig.savefig(out / "error_vs_perplexity.png", dpi=120)
+        fig.savefig(out / "error_vs_perplexity.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append("error_vs_perplexity.png")
     return written
