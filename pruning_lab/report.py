@@ -188,8 +188,13 @@ def tables(rows: list[dict]) -> tuple[str, str, str]:
     return "\n".join(md) + "\n", buf.getvalue(), "\n".join(latex) + "\n"
 
 
+def settings_label(settings: dict[str, Any]) -> str:
+    """`reconstruction=br, num_samples=32`: the swept settings of one job, last key part only."""
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items())
+
+
 def _label_text(job: Job) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in job.settings.items()) or job.folder.name
+    return settings_label(job.settings) or job.folder.name
 
 
 def figures(jobs: list[Job], out: Path, dataset: Optional[str]) -> list[str]:
@@ -248,8 +253,9 @@ def figures(jobs: list[Job], out: Path, dataset: Optional[str]) -> list[str]:
     return written
 
 
-def report(root: Path) -> Path:
-    jobs = collect(root)
+def report(root: Path, jobs: Optional[list[Job]] = None) -> Path:
+    """Write root/report/ from the sweep's jobs (collected here unless the caller already has them)."""
+    jobs = collect(root) if jobs is None else jobs
     out = root / "report"
     out.mkdir(parents=True, exist_ok=True)
     datasets, rows = sweep_rows(jobs)

@@ -67,8 +67,8 @@ def report_of(folder: Path, figures_dir: Path, prefix: str) -> tuple[list, list[
     """Jobs, perplexity datasets, table rows and figure paths (copied next to the page) of one sweep."""
     from pruning_lab.report import collect, report, sweep_rows
 
-    out = report(folder)
     jobs = collect(folder)
+    out = report(folder, jobs)
     datasets, rows = sweep_rows(jobs)
     figures_dir.mkdir(parents=True, exist_ok=True)
     pictures = []
@@ -98,7 +98,7 @@ def table(rows: list[dict]) -> list[str]:
 
 def observations(rows: list[dict]) -> list[str]:
     """What the table says about reconstruction error against generalisation, computed from it."""
-    from pruning_lab.report import fmt
+    from pruning_lab.report import fmt, settings_label
 
     done = [r for r in rows if r["status"] == "finished" and r.get("calib error (last)") is not None]
     if len(done) < 2:
@@ -107,7 +107,7 @@ def observations(rows: list[dict]) -> list[str]:
     ppl = next(c for c in rows[0] if c.startswith("ppl"))
 
     def name(r):
-        return ", ".join(f"{c.split('.')[-1]}={r[c]}" for c in settings)
+        return settings_label({c: r[c] for c in settings})
 
     def rank(key, r, reverse=False):
         return 1 + sorted((x[key] for x in done), reverse=reverse).index(r[key])
