@@ -134,11 +134,11 @@ def observations(rows: list[dict]) -> list[str]:
 SHARED_PHASES = ("load", "calibration", "eval")  # where cached work shows: model, generated samples, dense baselines
 
 
-def control_section(sweep: Path, control: Path, wall: dict, all_jobs: list) -> list[str]:
-    """The cache-disabled jobs against the same jobs of the cached sweep, phase by phase."""
+def control_section(sweep_jobs: list, control: Path, wall: dict, all_jobs: list) -> list[str]:
+    """The cache-disabled jobs against the same jobs of the cached sweep (sweep_jobs), phase by phase."""
     from pruning_lab.report import collect
 
-    cached = {tuple(sorted(o for o in j.overrides if not o.startswith("cache_dir"))): j for j in collect(sweep)}
+    cached = {tuple(sorted(o for o in j.overrides if not o.startswith("cache_dir"))): j for j in sweep_jobs}
     phases = ("load", "calibration", "prune + reconstruct", "eval", "total")
     lines = ["| job | " + " | ".join(f"{p} (s)" for p in phases) + " |", "|" + "---|" * (len(phases) + 1)]
     with_total = without_total = 0.0
@@ -241,7 +241,7 @@ def main() -> None:
               "itself. Compared, phase by phase (results.json `timing`), with the same jobs in the cached sweep "
               "(where earlier jobs had filled the cache). `eval` includes the dense baselines; `calibration` the "
               "generation of self-generated samples.", "",
-              *control_section(runs / CONTROL, control_dir, control_wall, [j for r in reports.values() for j in r[0]]), ""]
+              *control_section(reports[CONTROL][0], control_dir, control_wall, [j for r in reports.values() for j in r[0]]), ""]
     write_page(str(page), lines)
 
 
