@@ -55,15 +55,20 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def _umask() -> int:
+    # reading the umask means setting it; done once at import, not around every write, so no other
+    # thread ever creates a file in the instant the process umask is 0
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+_UMASK = _umask()
+
+
 def default_mode(directory: bool = False) -> int:
     """The permissions an ordinary open()/mkdir() would give. mkstemp/mkdtemp create private (0600 /
     0700) items; after the rename they are results and shared caches other users must read."""
-    return (0o777 if directory else 0o666) & ~_umask()
+    return (0o777 if directory else 0o666) & ~_UMASK
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -225,12 +225,14 @@ def test_results_and_cache_items_get_ordinary_permissions(tmp_path):
 
     from pruning_lab.cache import atomic_directory, atomic_write_text, default_mode
 
-    old = os.umask(0o022)
-    try:
-        atomic_write_text(tmp_path / "results.json", "{}")
-        with atomic_directory(tmp_path / "model") as tmp:
-            (tmp / "weights").write_text("w")
-        assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644 == default_mode()
-        assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755 == default_mode(directory=True)
-    finally:
-        os.umask(old)
+    atomic_write_text(tmp_path / "results.json", "{}")
+    with atomic_directory(tmp_path / "model") as tmp:
+        (tmp / "weights").write_text("w")
+    (tmp_path / "plain.json").write_text("{}")  # what open() and mkdir() give in this process
+    (tmp_path / "plain_dir").mkdir()
+
+    def mode(name):
+        return stat.S_IMODE((tmp_path / name).stat().st_mode)
+
+    assert mode("results.json") == mode("plain.json") == default_mode() != 0o600
+    assert mode("model") == mode("plain_dir") == default_mode(directory=True) != 0o700
